@@ -1,0 +1,333 @@
+"""The scoring engine: log-likelihood of continuations and greedy generation, batched for speed.
+
+Log-likelihood uses *tree batching*: one row holds a question's context once, followed by every
+choice's tokens as separate branches. A custom 4-D attention mask lets each branch see the context
+and itself but not the other branches, and position ids restart after the context for every branch,
+so each branch is scored exactly as if it were alone. The output layer (a large share of a small
+model's compute) is applied only at the positions whose next token is scored: for single-token
+choices that is one position per question, however many choices it has.
+
+Tokenisation follows lm-evaluation-harness (`encode(context + continuation)` split at the length of
+`encode(context)`, trailing spaces of the context moved to the continuation), so scores agree with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import TunelensError
+
+
+@dataclass
+class ChoiceScore:
+    logprob: float  # summed log-probability of the continuation's tokens
+    token_logprobs: list[float]
+    tokens: list[int]
+    is_greedy: bool  # every token is the argmax of its distribution
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list[int] = field(default_factory=list)
+    logprob: float = 0.0  # summed log-probability of the generated tokens
+    stopped_by: str | None = None  # the stop sequence that ended it, None for max_new_tokens/eos
+
+
+# ---------------------------------------------------------------- tokenisation
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Context and continuation ids, split the way lm-evaluation-harness splits them."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = encode(tokenizer, context + continuation)
+    ctx = encode(tokenizer, context)
+    if not ctx:  # an empty context is conditioned on the end-of-text token, as lm-eval does
+        eot = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        return [eot], whole
+    return ctx, whole[len(ctx) :]
+
+
+# ---------------------------------------------------------------- model plumbing
+
+
+def _split_head(model):
+    """(backbone, output_layer) when logits can be computed from hidden states ourselves, else None.
+
+    Falls back (None) for prompt-learning adapters (virtual tokens are injected by the wrapper) and for
+    models that post-process logits (soft-capping, scaling), where only the full forward is exact.
+    """
+    from peft import PeftModel
+
+    inner = model
+    if isinstance(model, PeftModel):
+        if model.peft_config[model.active_adapter].is_prompt_learning:
+            return None
+        inner = model.get_base_model()
+    cfg = getattr(inner, "config", None)
+    if cfg is None or getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return None
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    backbone = getattr(inner, "model", None)
+    if head is None or backbone is None or not isinstance(backbone, torch.nn.Module):
+        return None
+    return backbone, head
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------- log-likelihood
+
+
+@dataclass
+class _Row:
+    req_idx: int
+    tokens: list[int]
+    positions: list[int]
+    parent: list[int]  # for each token, -1 if it is context, else the branch index it belongs to
+    ctx_len: int
+    # for each branch: (row positions whose logits predict its tokens, target ids)
+    branches: list[tuple[list[int], list[int]]]
+
+
+def _build_row(req_idx: int, ctx: list[int], conts: list[list[int]], max_length: int) -> _Row:
+    longest = max(len(c) for c in conts)
+    if longest >= max_length:
+        raise TunelensError(f"a continuation of {longest} tokens does not fit the model's context of {max_length}")
+    ctx = ctx[-(max_length - longest + 1) :]  # left-truncate like lm-eval: keep the end of the context
+    tokens, positions, parent = list(ctx), list(range(len(ctx))), [-1] * len(ctx)
+    branches = []
+    for b, cont in enumerate(conts):
+        # the branch's inputs are its tokens but the last (whose output predicts nothing we score)
+        pred_pos = [len(ctx) - 1]
+        for j, t in enumerate(cont[:-1]):
+            pred_pos.append(len(tokens))
+            tokens.append(t)
+            positions.append(len(ctx) + j)
+            parent.append(b)
+        branches.append((pred_pos, list(cont)))
+    return _Row(req_idx, tokens, positions, parent, len(ctx), branches)
+
+
+def _row_mask(row: _Row, length: int) -> torch.Tensor:
+    """Boolean [length, length]: True where query i may attend to key j."""
+    n = len(row.tokens)
+    parent = torch.tensor(row.parent)
+    idx = torch.arange(n)
+    causal = idx[None, :] <= idx[:, None]
+    key_is_ctx = (parent == -1)[None, :]
+    same_branch = parent[None, :] == parent[:, None]
+    allowed = causal & (key_is_ctx | same_branch)
+    mask = torch.zeros(length, length, dtype=torch.bool)
+    mask[:n, :n] = allowed
+    pad = torch.arange(n, length)
+    mask[pad, pad] = True  # padding attends to itself only, so no row of the mask is empty (NaN-free)
+    return mask
+
+
+def _batches(rows: list[_Row], token_budget: int, max_batch: int):
+    """Length-sorted batches whose padded size (rows x longest row) stays within the token budget."""
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].tokens))
+    batch: list[_Row] = []
+    for i in order:
+        row = rows[i]
+        longest = len(batch[0].tokens) if batch else len(row.tokens)
+        if batch and ((len(batch) + 1) * longest > token_budget or len(batch) >= max_batch):
+            yield batch
+            batch = []
+        batch.append(row)
+    if batch:
+        yield batch
+
+
+@torch.inference_mode()
+def _forward_rows(model, batch: list[_Row], split) -> list[list[torch.Tensor]]:
+    """For each row: (log-probs at the positions it needs, {row position: index into those log-probs})."""
+    device = _device(model)
+    length = max(len(r.tokens) for r in batch)
+    pad_id = 0
+    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(batch), length), dtype=torch.long)
+    masks = []
+    for i, r in enumerate(batch):
+        input_ids[i, : len(r.tokens)] = torch.tensor(r.tokens)
+        position_ids[i, : len(r.tokens)] = torch.tensor(r.positions)
+        masks.append(_row_mask(r, length))
+    dtype = next(model.parameters()).dtype
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    allowed = torch.stack(masks)[:, None]
+    attn = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    kwargs = dict(
+        input_ids=input_ids.to(device),
+        position_ids=position_ids.to(device),
+        attention_mask=attn.to(device),
+        use_cache=False,
+    )
+    # the unique positions each row needs logits for
+    need = [sorted({p for pos, _ in r.branches for p in pos}) for r in batch]
+    if split is not None:
+        backbone, head = split
+        hidden = backbone(**kwargs).last_hidden_state
+        rows_idx = torch.cat([torch.full((len(n),), i, dtype=torch.long) for i, n in enumerate(need)])
+        cols_idx = torch.cat([torch.tensor(n, dtype=torch.long) for n in need])
+        logits = head(hidden[rows_idx.to(device), cols_idx.to(device)]).float()
+    else:
+        full = model(**kwargs).logits
+        logits = torch.cat([full[i, n].float() for i, n in enumerate(need)])
+    logprobs = torch.log_softmax(logits, dim=-1).cpu()
+    out, start = [], 0
+    for n in need:
+        out.append((logprobs[start : start + len(n)], {p: k for k, p in enumerate(n)}))
+        start += len(n)
+    return out
+
+
+def loglikelihood(
+    model,
+    tokenizer,
+    requests: list[tuple[str, list[str]]],
+    *,
+    token_budget: int = 4096,
+    max_batch: int = 64,
+    max_length: int | None = None,
+    progress: bool = True,
+    desc: str = "scoring",
+) -> list[list[ChoiceScore]]:
+    """Score each (context, [continuation, ...]) request; returns one ChoiceScore per continuation.
+
+    Results do not depend on batch size or request order (up to float rounding, ~1e-5 in fp32).
+    """
+    if not requests:
+        return []
+    max_length = max_length or getattr(model.config, "max_position_embeddings", 2048) or 2048
+    rows = []
+    for i, (context, conts) in enumerate(requests):
+        if not conts:
+            raise TunelensError(f"request {i} has no continuations to score")
+        pairs = [encode_pair(tokenizer, context, c) for c in conts]
+        ctx = pairs[0][0]
+        cont_ids = []
+        for c, (pctx, pcont) in zip(conts, pairs):
+            if pctx != ctx:  # trailing-space handling made contexts differ; cannot happen for a fixed context
+                raise AssertionError("context tokenisation differs between continuations")
+            if not pcont:
+                raise TunelensError(f"continuation {c!r} of request {i} is empty after tokenisation")
+            cont_ids.append(pcont)
+        rows.append(_build_row(i, ctx, cont_ids, max_length))
+
+    split = _split_head(model)
+    results: list[list[ChoiceScore] | None] = [None] * len(requests)
+    bar = tqdm(total=len(rows), desc=desc, disable=not progress, unit="q")
+    for batch in _batches(rows, token_budget, max_batch):
+        for r, (lp, where) in zip(batch, _forward_rows(model, batch, split)):
+            scores = []
+            for pred_pos, targets in r.branches:
+                dist = lp[[where[p] for p in pred_pos]]
+                tgt = torch.tensor(targets)
+                tok_lp = dist.gather(1, tgt[:, None])[:, 0]
+                greedy = bool((dist.argmax(-1) == tgt).all())
+                scores.append(ChoiceScore(float(tok_lp.sum()), tok_lp.tolist(), targets, greedy))
+            results[r.req_idx] = scores
+        bar.update(len(batch))
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def loglikelihood_reference(model, tokenizer, requests: list[tuple[str, list[str]]]) -> list[list[ChoiceScore]]:
+    """One forward pass per (context, continuation), no batching, full logits: the slow ground truth."""
+    device = _device(model)
+    out = []
+    for context, conts in requests:
+        scores = []
+        for c in conts:
+            ctx, cont = encode_pair(tokenizer, context, c)
+            ids = torch.tensor([ctx + cont[:-1]], device=device)
+            logits = model(input_ids=ids, use_cache=False).logits[0, len(ctx) - 1 :].float()
+            lp = torch.log_softmax(logits, -1).cpu()
+            tgt = torch.tensor(cont)
+            tok_lp = lp.gather(1, tgt[:, None])[:, 0]
+            scores.append(ChoiceScore(float(tok_lp.sum()), tok_lp.tolist(), cont, bool((lp.argmax(-1) == tgt).all())))
+        out.append(scores)
+    return out
+
+
+# ---------------------------------------------------------------- generation
+
+
+def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, str | None]:
+    cut, which = len(text), None
+    for s in stop:
+        k = text.find(s)
+        if s and k != -1 and k < cut:
+            cut, which = k, s
+    return text[:cut], which
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 64,
+    stop: list[str] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "generating",
+) -> list[Generation]:
+    """Greedy generation, length-sorted left-padded batches, cut at the first stop sequence."""
+    stop = list(stop or [])
+    device = _device(model)
+    encoded = [encode(tokenizer, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    results: list[Generation | None] = [None] * len(prompts)
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="item")
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        length = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), length), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), length), dtype=torch.long)
+        for r, i in enumerate(idx):
+            ids[r, length - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[r, length - len(encoded[i]) :] = 1
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad_id,
+            stop_strings=stop or None,
+            tokenizer=tokenizer if stop else None,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        new = out.sequences[:, length:].cpu()
+        step_lp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).cpu()
+        for r, i in enumerate(idx):
+            toks = new[r].tolist()
+            # finished sequences are padded: keep what precedes the first eos/pad
+            ends = [k for k, t in enumerate(toks) if t in (tokenizer.eos_token_id, pad_id)]
+            n = ends[0] if ends else len(toks)
+            toks = toks[:n]
+            lp = float(step_lp[r, torch.arange(n), torch.tensor(toks, dtype=torch.long)].sum()) if n else 0.0
+            text, which = _cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stop)
+            results[i] = Generation(text=text, tokens=toks, logprob=lp, stopped_by=which)
+        bar.update(len(idx))
+    bar.close()
+    return results  # type: ignore[return-value]
