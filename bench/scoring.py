@@ -30,7 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--task", default="telecom-intent")
-    ap.add_argument("--items", type=int, default=200, help="number of items (from train+validation+test)")
+    ap.add_argument("--items", type=int, default=60, help="number of items (from train+validation+test)")
     ap.add_argument("--lmeval-batch-size", type=int, default=16)
     args = ap.parse_args()
 

@@ -44,7 +44,9 @@ def instruction(spec: TaskSpec, item: Item, template: str | None = None) -> str:
                             f"(available: {', '.join(sorted(values))})", spec.path or spec.name, field="template")
         return values[m.group(1)]
 
-    return _PLACEHOLDER.sub(fill, template).strip("\n")
+    # strip the template's own outer newlines, not the values': a value may end in "\n" on purpose
+    # (a pre-rendered prompt); the left strip drops what an empty leading {context} leaves behind
+    return _PLACEHOLDER.sub(fill, template.strip("\n")).lstrip("\n")
 
 
 def answer_text(spec: TaskSpec, item: Item) -> str:

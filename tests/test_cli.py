@@ -1,0 +1,98 @@
+"""The CLI: happy path on a tiny model, and bad input -> one line on stderr, exit code 2, no traceback."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelens.cli import app
+
+
+@pytest.fixture
+def mc_file(tmp_path):
+    rows = [
+        {"question": "Sky colour?", "choices": ["blue", "green"], "answer": 0},
+        {"question": "Grass colour?", "choices": ["blue", "green"], "answer": 1},
+        {"question": "Snow colour?", "choices": ["white", "black", "red"], "answer": "white"},
+    ]
+    p = tmp_path / "mc.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def run(*args):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_eval_writes_results_and_items(tiny_model_dir, mc_file, tmp_path):
+    out = tmp_path / "out"
+    r = run("eval", "--model", str(tiny_model_dir), "--task", str(mc_file), "--out", str(out), "--split", "test")
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["schema"] == "tunelens.results/1"
+    assert res["task"]["n_items"] == 3
+    acc = res["metrics"]["accuracy"]
+    assert 0.0 <= acc["ci95"][0] <= acc["value"] <= acc["ci95"][1] <= 1.0
+    items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    assert [len(i["p_choices"]) for i in items] == [2, 2, 3]
+    assert all(abs(sum(i["p_choices"]) - 1) < 1e-6 for i in items)
+    assert sum(i["correct"] for i in items) / 3 == pytest.approx(acc["value"])
+
+
+def _assert_user_error(r, *needles):
+    assert r.exit_code == 2, r.output
+    err = r.stderr if hasattr(r, "stderr") else r.output
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1, err
+    assert "Traceback" not in r.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "content, needles",
+    [
+        ('{"question": "q", "choices": ["a", "b"], "answer": 0}\n{not json}\n', [":2", "invalid JSON"]),
+        ('{"question": "q", "choices": ["a", "b"]}\n', [":1", "answer"]),
+        ('{"question": "q", "choices": ["a", "b"], "answer": "c"}\n', [":1", "answer"]),
+        ("", ["no items"]),
+    ],
+    ids=["malformed-line", "missing-field", "answer-not-a-choice", "empty-file"],
+)
+def test_bad_data_is_one_line_exit_2(tiny_model_dir, tmp_path, content, needles):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(content)
+    spec = tmp_path / "task.yaml"  # a spec, so the type is known even when a column is missing
+    spec.write_text("name: bad\ntype: multiple_choice\ndata: bad.jsonl\nchat_template: false\n")
+    r = run("eval", "--model", str(tiny_model_dir), "--task", str(spec), "--out", str(tmp_path / "o"))
+    _assert_user_error(r, "bad.jsonl", *needles)
+
+
+def test_unknown_model_path(mc_file, tmp_path):
+    r = run("eval", "--model", str(tmp_path / "nope"), "--task", str(mc_file))
+    _assert_user_error(r, "no such model path")
+
+
+def test_pickle_checkpoint_refused(tiny_model_dir, mc_file, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder)
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    r = run("eval", "--model", str(folder), "--task", str(mc_file))
+    _assert_user_error(r, "pickle", "--allow-pickle")
+
+
+def test_debug_shows_traceback(mc_file, tmp_path):
+    r = run("--debug", "eval", "--model", str(tmp_path / "nope"), "--task", str(mc_file))
+    assert r.exit_code != 0 and r.exception is not None
+
+
+def test_tasks_lists_builtins():
+    r = run("tasks")
+    assert r.exit_code == 0 and "telecom-intent" in r.output
