@@ -94,6 +94,87 @@ def eval_cmd(
     typer.echo(f"wrote {out / 'results.json'} and {out / 'items.jsonl'}")
 
 
+@app.command("tune")
+@_friendly
+def tune_cmd(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with any of the settings below; "
+                                                                      "flags given on the command line win."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to tune (default: the embedded model)."),
+    data: Optional[list[str]] = typer.Option(None, "--data", "-d", help="Task spec, data file or built-in task; "
+                                                                        "repeat for several (all items used)."),
+    mix: Optional[list[str]] = typer.Option(None, "--mix", help="TASK:WEIGHT, repeatable: sample tasks to these "
+                                                                "weights (a multi-task cocktail)."),
+    replay: Optional[float] = typer.Option(None, help="Fraction of general-instruction replay examples (0-1)."),
+    safety_mix: Optional[float] = typer.Option(None, "--safety-mix", help="Fraction of built-in safety refusals "
+                                                                          "blended in (SafeInstruct), e.g. 0.03."),
+    method: Optional[str] = typer.Option(None, help="lora (default) | full | prompt-tuning | ia3"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run folder (default out/tune)."),
+    epochs: Optional[float] = typer.Option(None, help="Epochs over the training set (default 1)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    batch_size: Optional[int] = typer.Option(None, help="Examples per device per step (default 8)."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Default by method: 2e-4 LoRA, 2e-5 full."),
+    lora_r: Optional[int] = typer.Option(None, help="LoRA rank (default 16)."),
+    lora_alpha: Optional[int] = typer.Option(None, help="LoRA alpha (default 32)."),
+    max_length: Optional[int] = typer.Option(None, help="Longest example in tokens; longer ones are truncated "
+                                                        "and counted."),
+    max_examples: Optional[int] = typer.Option(None, help="Cap the training set (quick runs)."),
+    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every N steps (default 50)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for sampling, shuffling and initialisation."),
+    packing: bool = typer.Option(False, "--packing", help="Padding-free packing (GPU + flash attention only)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run already in --out."),
+):
+    """Fine-tune a model on task data (chat-formatted SFT, loss on the reply only); saves a PEFT adapter or a
+    full model folder under OUT/model, plus train_log.jsonl and run.json."""
+    from .tune import load_config, tune
+
+    cfg = load_config(config, model=model, data=data or None, mix=mix or None, replay=replay, safety_mix=safety_mix,
+                      method=method, out=out, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                      learning_rate=learning_rate, lora_r=lora_r, lora_alpha=lora_alpha, max_length=max_length,
+                      max_examples=max_examples, save_steps=save_steps, seed=seed,
+                      packing=packing or None, resume=resume or None, overwrite=overwrite or None)
+    final = tune(cfg)
+    typer.echo(f"wrote {final} (evaluate it with: tunelens eval --model {final} --task TASK)")
+
+
+@app.command("curve")
+@_friendly
+def curve_cmd(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Tuning YAML (as for `tunelens tune`)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to tune (default: embedded)."),
+    data: Optional[list[str]] = typer.Option(None, "--data", "-d", help="Training task(s)."),
+    fractions: str = typer.Option("0.1,0.25,0.5,1.0", help="Comma-separated fractions of the training set."),
+    eval_task: Optional[str] = typer.Option(None, "--eval-task", help="Task to score (default: the first --data)."),
+    metric: str = typer.Option("accuracy", help="Metric to fit."),
+    target: Optional[float] = typer.Option(None, help="Report the examples needed to reach this score."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Folder for the runs and curve.json."),
+    max_steps: Optional[int] = typer.Option(None, help="Cap steps per run (quick looks)."),
+    seed: Optional[int] = typer.Option(None, help="Seed."),
+):
+    """Learning curve: tune on growing fractions of the data, evaluate each on the validation split, fit a
+    saturating power law, predict the score at 2x and 4x the data and the data needed for a target."""
+    from .tune import load_config
+    from .tune.curve import learning_curve
+
+    try:
+        fracs = [float(x) for x in fractions.split(",") if x.strip()]
+    except ValueError:
+        raise TunelensError(f"--fractions must be numbers separated by commas, got '{fractions}'") from None
+    cfg = load_config(config, model=model, data=data or None, out=out or "out/curve", max_steps=max_steps, seed=seed)
+    s = learning_curve(cfg, fracs, eval_task=eval_task, metric=metric, target=target)
+    for p in s["points"]:
+        typer.echo(f"{p['examples']:>6} examples  {metric}={p['score']:.4f}")
+    if "holdout" in s:
+        h = s["holdout"]
+        typer.echo(f"fit on the smaller fractions predicts {h['predicted']:.4f} at {h['examples']} examples "
+                   f"(actual {h['actual']:.4f}, error {h['abs_error']:.4f})")
+    typer.echo(f"predicted {metric}: {s['predicted']['2x']:.4f} at 2x data, {s['predicted']['4x']:.4f} at 4x data")
+    if "target" in s:
+        need = s["target"]["examples_needed"]
+        typer.echo(f"examples needed for {metric}={target}: " + ("not reached by the fit" if need is None else f"{need:.0f}"))
+    typer.echo(f"wrote {Path(cfg.out) / 'curve.json'}")
+
+
 @app.command("tasks")
 @_friendly
 def tasks_cmd():

@@ -1,0 +1,289 @@
+"""The tuning recipe, top to bottom: examples -> model (+ PEFT) -> transformers.Trainer -> saved outputs.
+
+Trainer provides checkpointing (optimizer, scheduler, RNG, data position), logging integrations
+(`report_to`) and multi-process training (`accelerate launch` / `torchrun`). Our speed comes from:
+- length-grouped batches (Trainer's `group_by_length` sampler) padded on the *left*, so every row's
+  completion sits at the end of the batch;
+- logits computed only for the last K positions (`logits_to_keep`), K = longest completion + 1: the
+  49k-word output layer never runs over prompt tokens;
+- no gradient checkpointing and no per-step metrics over the vocabulary.
+Left padding is exact for rotary-position models: attention depends on relative positions only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .. import __version__
+from ..errors import TunelensError
+from ..io import write_json
+from .config import TuneConfig
+from .examples import IGNORE, build_examples, data_files, parse_mix
+
+CHECKPOINTS = "checkpoints"
+MODEL_DIR = "model"
+
+
+class CompletionCollator:
+    """Left-pads a batch and tells the model how many trailing positions need logits."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        length = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), length), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), length), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(features), length), dtype=torch.long)
+        completion = 0
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[i, length - n :] = torch.tensor(f["input_ids"])
+            labels[i, length - n :] = torch.tensor(f["labels"])
+            mask[i, length - n :] = 1
+            first = next(k for k, t in enumerate(f["labels"]) if t != IGNORE)
+            completion = max(completion, n - first)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels,
+                "logits_to_keep": min(completion + 1, length)}
+
+
+def completion_loss(outputs, labels, num_items_in_batch=None):
+    """Cross-entropy over the completion tokens from the last-K logits (see CompletionCollator)."""
+    logits = outputs.logits  # [B, K, V]: positions L-K .. L-1; position p predicts token p+1
+    k = logits.shape[1]
+    targets = labels[:, labels.shape[1] - k + 1 :]
+    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+    n = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE).sum()
+    return loss / n
+
+
+class AtomicCheckpointTrainer(Trainer):
+    """Writes each checkpoint into a staging folder and renames it into place when complete,
+    so `checkpoints/checkpoint-N` exists only whole; a kill mid-save leaves just the hidden staging folder."""
+
+    def _save_checkpoint(self, model, trial):
+        final_root = Path(self.args.output_dir)
+        staging = final_root.parent / ".staging"  # shared by all ranks: each writes its own RNG state into it
+        distributed = self.args.parallel_mode.value == "distributed"
+        if self.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+        if distributed:
+            torch.distributed.barrier()
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        self.args.output_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir, self.args.save_total_limit = str(final_root), limit
+        if distributed:
+            torch.distributed.barrier()  # every rank has finished writing
+        if self.is_world_process_zero():
+            for ckpt in staging.iterdir():
+                target = final_root / ckpt.name
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(ckpt, target)
+            shutil.rmtree(staging, ignore_errors=True)
+            _rotate(final_root, limit)
+        if distributed:
+            torch.distributed.barrier()
+
+
+def _rotate(root: Path, limit: int | None) -> None:
+    if not limit:
+        return
+    ckpts = sorted(root.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    for old in ckpts[:-limit]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return ckpts[-1] if ckpts else None
+
+
+class JsonlLog(TrainerCallback):
+    """train_log.jsonl: one line per logging step with loss, learning rate and real tokens/s.
+
+    Tokens come from Trainer's own non-padding count (summed over ranks, counted when a batch is
+    used rather than when the loader prefetches it, and restored on resume)."""
+
+    def __init__(self, path: Path, resume_step: int = 0):
+        self.path = path
+        self.t0, self.tok0 = time.perf_counter(), 0
+        if path.exists() and _rank() == 0:  # drop what a killed or abandoned run logged after its checkpoint
+            keep = [l for l in path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= resume_step]
+            path.write_text("".join(l + "\n" for l in keep))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.t0, self.tok0 = time.perf_counter(), state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        now, tok = time.perf_counter(), state.num_input_tokens_seen
+        row = {"step": state.global_step, "epoch": state.epoch, "loss": logs["loss"],
+               "learning_rate": logs.get("learning_rate"), "tokens_per_second": (tok - self.tok0) / (now - self.t0),
+               "real_tokens": tok}
+        self.t0, self.tok0 = now, tok
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _peft_config(cfg: TuneConfig):
+    from peft import IA3Config, LoraConfig, PromptTuningConfig, TaskType
+
+    if cfg.method == "lora":
+        return LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                          lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules)
+    if cfg.method == "ia3":
+        return IA3Config(task_type=TaskType.CAUSAL_LM)
+    if cfg.method == "prompt-tuning":
+        return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens)
+    return None
+
+
+_NOT_THE_RUN = ("resume", "overwrite", "progress", "out")  # settings that do not change what is trained
+
+
+def _prepare_out(cfg: TuneConfig, out: Path, files: dict[str, str]) -> None:
+    """Refuse to mix two different runs in one folder (a different config, or changed data on resume)."""
+    run_json = out / "run.json"
+    if not run_json.exists():
+        return
+    run = json.loads(run_json.read_text())
+    previous = run.get("config", {})
+    same = {k: v for k, v in previous.items() if k not in _NOT_THE_RUN} == \
+           {k: v for k, v in cfg.to_dict().items() if k not in _NOT_THE_RUN}
+    if cfg.overwrite:
+        if _rank() == 0:
+            shutil.rmtree(out)
+    elif not same:
+        raise TunelensError(f"{out} already holds a different tuning run; choose another --out or pass --overwrite")
+    elif not cfg.resume and (out / MODEL_DIR).exists():
+        raise TunelensError(f"{out} already holds this finished run; pass --overwrite to tune again")
+    elif cfg.resume and run.get("data_files") and run["data_files"] != files:
+        raise TunelensError(f"the training data changed since {out} was started; cannot resume "
+                            "(pass --overwrite to start again)")
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"tunelens": __version__}
+    for pkg in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "safetensors"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def tune(cfg: TuneConfig) -> Path:
+    """Run the recipe; returns the folder holding the final adapter or model (`<out>/model`)."""
+    from datasets import Dataset
+    from peft import get_peft_model
+
+    from ..models import resolve_model
+
+    out = Path(cfg.out)
+    tasks = list(cfg.data) + [t for t, _ in parse_mix(cfg.mix)]
+    files = data_files(tasks)
+    _prepare_out(cfg, out, files)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    handle = resolve_model(cfg.model)
+    tok = handle.tokenizer
+    rows, stats = build_examples(cfg, tok)
+    if stats.truncated:
+        print(f"tunelens: {stats.truncated} of {len(rows)} examples were longer than max_length={cfg.max_length} "
+              "and were truncated (prompt cut from the left)")
+    model = handle.model
+    model.config.use_cache = False
+    peft_cfg = _peft_config(cfg)
+    if peft_cfg is not None:
+        model = get_peft_model(model, peft_cfg)
+    model.train()
+
+    resume_from = last_checkpoint(out) if cfg.resume else None
+    if _rank() == 0:
+        write_json(out / "run.json", {
+            "config": cfg.to_dict(), "seed": cfg.seed, "versions": _versions(), "data_files": files,
+            "examples": {"n": len(rows), "sources": stats.sources, "truncated": stats.truncated,
+                         "tokens": stats.total_tokens, "completion_tokens": stats.completion_tokens},
+            "model": {"name": handle.name, "kind": handle.kind, "path": str(handle.path) if handle.path else None},
+            "status": "running",
+        })
+
+    collator = CompletionCollator(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    data_collator, loss_func = collator, completion_loss
+    if cfg.packing:
+        # padding-free packing: correct only with an attention kernel that honours position_ids resets
+        # (flash attention); on CPU SDPA falls back to a dense block mask and is slower than padding
+        if not torch.cuda.is_available() or getattr(model.config, "_attn_implementation", "") != "flash_attention_2":
+            raise TunelensError("--packing needs a GPU model loaded with flash_attention_2; on CPU it is slower "
+                                "than length-grouped padding (the default)")
+        from transformers import DataCollatorWithFlattening
+
+        data_collator, loss_func = DataCollatorWithFlattening(), None
+    args = TrainingArguments(
+        output_dir=str(out / CHECKPOINTS),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type=cfg.lr_scheduler,
+        train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        report_to=cfg.report_to or "none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
+        disable_tqdm=not cfg.progress,
+        include_num_input_tokens_seen="non_padding",
+    )
+    trainer = AtomicCheckpointTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=data_collator,
+        compute_loss_func=loss_func,
+        callbacks=[JsonlLog(out / "train_log.jsonl",
+                            resume_step=int(resume_from.name.split("-")[-1]) if resume_from else 0)],
+    )
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    final = out / MODEL_DIR
+    if trainer.is_world_process_zero():
+        staging = out / f".{MODEL_DIR}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        trainer.model.save_pretrained(staging, safe_serialization=True)
+        tok.save_pretrained(staging)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        run = json.loads((out / "run.json").read_text())
+        run.update(status="finished", train={"global_step": result.global_step,
+                                              "train_loss": result.training_loss, **result.metrics})
+        write_json(out / "run.json", run)
+    return final
