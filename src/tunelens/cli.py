@@ -175,6 +175,83 @@ def curve_cmd(
     typer.echo(f"wrote {Path(cfg.out) / 'curve.json'}")
 
 
+@app.command("audit")
+@_friendly
+def audit_cmd(
+    base: str = typer.Option("default", "--base", "-b", help="The model before fine-tuning."),
+    tuned: str = typer.Option(..., "--tuned", "-t", help="The fine-tuned model (folder, PEFT adapter, ...)."),
+    task: Optional[list[str]] = typer.Option(None, "--task", help="Your task(s): spec YAML, data file or built-in."),
+    suites: Optional[str] = typer.Option(None, help="Comma-separated suites (default: all). See `tunelens suites`."),
+    gate: Optional[list[str]] = typer.Option(None, "--gate", help="Condition that must hold, e.g. "
+                                                                  "\"safety.refusal_rate.delta >= -0.05\"; repeatable. "
+                                                                  "Any failure exits 3."),
+    out: Path = typer.Option(Path("out/audit"), "--out", "-o", help="Folder for ledger.json, items/, summary.md."),
+    limit: Optional[int] = typer.Option(None, help="Cap items per suite (quick looks; intervals widen)."),
+    seed: int = typer.Option(0, help="Seed for bootstrap intervals."),
+    allow_tokenizer_mismatch: bool = typer.Option(False, "--allow-tokenizer-mismatch",
+                                                  help="Audit models whose tokenizers differ."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .bin/pickle checkpoints."),
+):
+    """Compare a base and a tuned model on the same items: task gain, safety, over-refusal, forgetting,
+    context use, robustness, flips and calibration, each delta with a paired 95% interval."""
+    from .audit import AuditContext, check_tokenizers, run_audit
+    from .audit import gate as G
+    from .data import load_task
+    from .models import resolve_model
+
+    specs = [load_task(t) for t in (task or [])]
+    hb = resolve_model(base, allow_pickle=allow_pickle)
+    ht = resolve_model(tuned, allow_pickle=allow_pickle)
+    check_tokenizers(hb, ht, allow_tokenizer_mismatch)
+    if gate:  # fail on a malformed gate before spending minutes on the suites
+        for g in gate:
+            try:
+                G.check(g, {})
+            except TunelensError as e:
+                if "unknown metric" not in str(e):
+                    raise
+    chosen = [s.strip() for s in suites.split(",")] if suites else None
+    ledger = run_audit(AuditContext(base=hb, tuned=ht, tasks=specs, limit=limit, seed=seed), chosen, out, gate)
+    _print_ledger(ledger)
+    typer.echo(f"wrote {out / 'ledger.json'}, {out / 'summary.md'} and {out / 'items'}/")
+    failed = [g["expr"] for g in ledger.get("gates", []) if not g["passed"]]
+    if failed:
+        typer.echo("tunelens: gate failed: " + "; ".join(failed), err=True)
+        raise typer.Exit(3)
+
+
+def _print_ledger(ledger: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .audit.runner import verdict
+
+    table = Table(title=f"audit: {ledger['tuned']['name']} vs {ledger['base']['name']}")
+    for col in ("suite", "metric", "base", "tuned", "delta", "95% CI", ""):
+        table.add_column(col, justify="right" if col in ("base", "tuned", "delta") else "left")
+    f = lambda v, s="": "–" if v is None else format(v, s + ".3f")
+    for suite, block in ledger["suites"].items():
+        if block["status"] != "ok":
+            table.add_row(suite, "[red]failed[/red]", "", "", "", block["error"][:60], "")
+            continue
+        for e in block["entries"]:
+            ci = e.get("ci95")
+            v = verdict(e)
+            table.add_row(suite, e["metric"], f(e["base"]), f(e["tuned"]), f(e["delta"], "+"),
+                          f"[{f(ci[0], '+')}, {f(ci[1], '+')}]" if ci and ci[0] is not None else "",
+                          {"gain": "[green]gain[/green]", "cost": "[red]cost[/red]"}.get(v, ""))
+    Console().print(table)
+
+
+@app.command("suites")
+def suites_cmd():
+    """List the audit suites."""
+    from .audit import SUITES
+
+    for name, cls in SUITES.items():
+        typer.echo(f"{name:14s} {cls.description}")
+
+
 @app.command("tasks")
 @_friendly
 def tasks_cmd():

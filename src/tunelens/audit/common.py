@@ -1,0 +1,67 @@
+"""Helpers several suites use: evaluating a task with both models (cached), and turning two eval
+results on the same items into ledger entries and side-by-side records."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import metrics as M
+from ..evaluate import CHOICE_TYPES, evaluate
+from .core import AuditContext, paired_entry, paired_stat_entry
+
+
+def eval_both(ctx: AuditContext, spec, *, split: str | None = None, template: str | None = None,
+              limit: int | None = None, key: str | None = None) -> dict:
+    """{"base": EvalResult, "tuned": EvalResult} for the same items, computed once per audit."""
+    limit = limit if limit is not None else ctx.limit
+    cache_key = ("eval", key or spec.name, split, template, limit, spec.chat_template)
+    return ctx.cached(cache_key, lambda: {
+        role: evaluate(handle, spec, split=split, limit=limit, template=template, n_boot=ctx.n_boot, seed=ctx.seed,
+                       batch_size=ctx.batch_size, progress=ctx.progress)
+        for role, handle in ctx.models()
+    })
+
+
+def _ece_stat(records):
+    conf = np.array([r["confidence"] for r in records])
+    ok = np.array([bool(r["correct"]) for r in records])
+    return lambda idx: M.ece(conf[idx], ok[idx])
+
+
+def task_entries(ctx: AuditContext, spec, res: dict, prefix: str = "") -> list[dict]:
+    """Paired entries for every headline metric of a task eval (same items for both models)."""
+    b, t = res["base"].records, res["tuned"].records
+    kw = dict(n_boot=ctx.n_boot, seed=ctx.seed, task=spec.name)
+    out = []
+    if spec.type in CHOICE_TYPES:
+        per_item = {
+            "accuracy": (lambda r: float(r["correct"]), True),
+            "brier": (lambda r: sum((float(c == r["answer"]) - p) ** 2 for c, p in enumerate(r["p_choices"])), False),
+            "p_vocab_correct": (lambda r: r["p_vocab"][r["answer"]], True),
+            "p_vocab_incorrect_mass": (lambda r: sum(p for c, p in enumerate(r["p_vocab"]) if c != r["answer"]),
+                                       False),
+        }
+        for name, (fn, hib) in per_item.items():
+            out.append(paired_entry(prefix + name, [fn(r) for r in b], [fn(r) for r in t], higher_is_better=hib, **kw))
+        # ECE is not a mean over items: recompute it on each resample, per model
+        out.append(paired_stat_entry(prefix + "ece", len(b), _ece_stat(b), _ece_stat(t), higher_is_better=False, **kw))
+    else:
+        for name in ("exact_match", "token_f1", "rouge_l", "bleu"):
+            out.append(paired_entry(prefix + name, [r[name] for r in b], [r[name] for r in t], **kw))
+    return out
+
+
+def side_by_side(spec, res: dict) -> list[dict]:
+    rows = []
+    for rb, rt in zip(res["base"].records, res["tuned"].records):
+        row = {"task": spec.name, "id": rb["id"], "prompt": rb["prompt"]}
+        if "choices" in rb:
+            row.update(choices=rb["choices"], answer=rb["answer"],
+                       base={"pred": rb["pred"], "correct": rb["correct"], "confidence": rb["confidence"]},
+                       tuned={"pred": rt["pred"], "correct": rt["correct"], "confidence": rt["confidence"]})
+        else:
+            row.update(references=rb["references"],
+                       base={"output": rb["output"], "token_f1": rb["token_f1"]},
+                       tuned={"output": rt["output"], "token_f1": rt["token_f1"]})
+        rows.append(row)
+    return rows

@@ -1,0 +1,43 @@
+"""forgetting: general knowledge (built-in multiple choice) and held-out general text loss, before vs after."""
+
+from __future__ import annotations
+
+from ..data import load_items, load_task
+from ..scoring import encode, loglikelihood
+from .common import eval_both, task_entries
+from .core import AuditContext, Suite, SuiteResult, paired_entry, register
+
+
+def text_losses(handle, texts: list[str], progress: bool = False) -> list[float]:
+    """Mean per-token cross-entropy of each text (conditioned on the end-of-text token only)."""
+    limit = (getattr(handle.model.config, "max_position_embeddings", None) or 2048) - 1
+    tok = handle.tokenizer
+    texts = [t if len(ids := encode(tok, t)) <= limit else tok.decode(ids[:limit]) for t in texts]
+    scores = loglikelihood(handle.model, tok, [("", [t]) for t in texts], progress=progress, desc="text loss")
+    return [-s[0].logprob / len(s[0].tokens) for s in scores]
+
+
+@register("forgetting")
+class ForgettingSuite(Suite):
+    description = "General-knowledge accuracy and general-text cross-entropy (after minus before)."
+
+    def run(self, ctx: AuditContext) -> SuiteResult:
+        spec = load_task("general-knowledge")
+        res = eval_both(ctx, spec)
+        entries = [e for e in task_entries(ctx, spec, res, "general_knowledge.")
+                   if e["metric"].endswith((".accuracy", ".p_vocab_correct"))]
+        passages = load_items(load_task("general-text"), "test")
+        if ctx.limit:
+            passages = passages[: ctx.limit]
+        texts = [p.fields["prompt"] for p in passages]
+        losses = {role: text_losses(h, texts, ctx.progress) for role, h in ctx.models()}
+        entries.append(paired_entry("text_loss", losses["base"], losses["tuned"], higher_is_better=False,
+                                    n_boot=ctx.n_boot, seed=ctx.seed))
+        records = [{"id": p.id, "kind": "text_loss", "base": {"loss": lb}, "tuned": {"loss": lt}}
+                   for p, lb, lt in zip(passages, losses["base"], losses["tuned"])]
+        for rb, rt in zip(res["base"].records, res["tuned"].records):
+            records.append({"id": rb["id"], "kind": "general_knowledge", "prompt": rb["prompt"],
+                            "answer": rb["choices"][rb["answer"]],
+                            "base": {"pred": rb["choices"][rb["pred"]], "correct": rb["correct"]},
+                            "tuned": {"pred": rt["choices"][rt["pred"]], "correct": rt["correct"]}})
+        return SuiteResult(records, entries)

@@ -1,0 +1,89 @@
+"""Gate expressions for CI: `safety.refusal_rate.delta >= -0.05`, parsed safely (no eval).
+
+Grammar: NAME OP EXPR [OP EXPR ...] where NAME is suite.metric.field (field: base, tuned, delta,
+ci_low, ci_high) and EXPR is arithmetic (+ - * /, parentheses, unary minus) over numbers and such
+names. Comparisons: < <= > >= == !=; `and` / `or` combine them.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import operator
+
+from ..errors import TunelensError
+
+FIELDS = ("base", "tuned", "delta", "ci_low", "ci_high")
+_CMP = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+        ast.Eq: operator.eq, ast.NotEq: operator.ne}
+_BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def metric_values(ledger: dict) -> dict[str, float | None]:
+    """Every gateable name in a ledger: suite.metric.field -> value."""
+    out = {}
+    for suite, block in ledger["suites"].items():
+        for e in block.get("entries", []):
+            ci = e.get("ci95") or [None, None]
+            vals = {"base": e["base"], "tuned": e["tuned"], "delta": e["delta"], "ci_low": ci[0], "ci_high": ci[1]}
+            for f in FIELDS:
+                out[f"{suite}.{e['metric']}.{f}"] = vals[f]
+    return out
+
+
+def _dotted(node) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def check(expr: str, values: dict[str, float | None]) -> bool:
+    """True if the gate passes. Raises TunelensError for syntax errors and unknown names."""
+    try:
+        tree = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        raise TunelensError(f"gate '{expr}' does not parse; write e.g. \"safety.refusal_rate.delta >= -0.05\"") from None
+
+    def ev(node):
+        if isinstance(node, ast.BoolOp):
+            vals = [ev(v) for v in node.values]
+            return all(vals) if isinstance(node.op, ast.And) else any(vals)
+        if isinstance(node, ast.Compare):
+            left = ev(node.left)
+            for op, right_node in zip(node.ops, node.comparators):
+                right = ev(right_node)
+                if type(op) not in _CMP:
+                    raise TunelensError(f"gate '{expr}': unsupported comparison")
+                if left is None or right is None:
+                    return False  # a missing value never passes a gate
+                if not _CMP[type(op)](left, right):
+                    return False
+                left = right
+            return True
+        if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
+            a, b = ev(node.left), ev(node.right)
+            return None if a is None or b is None else _BIN[type(node.op)](a, b)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = ev(node.operand)
+            return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return float(node.value)
+        name = _dotted(node)
+        if name is not None:
+            if name not in values:
+                hint = difflib.get_close_matches(name, values, n=3)
+                raise TunelensError(f"gate '{expr}': unknown metric '{name}'"
+                                    + (f"; did you mean {', '.join(hint)}?" if hint else "")
+                                    + f" Valid names: {', '.join(sorted(values))}")
+            return values[name]
+        raise TunelensError(f"gate '{expr}': only metric names, numbers, arithmetic and comparisons are allowed")
+
+    result = ev(tree)
+    if not isinstance(result, bool):
+        raise TunelensError(f"gate '{expr}' is not a comparison (e.g. \"task.accuracy.delta >= 0\")")
+    return result

@@ -1,0 +1,46 @@
+"""robustness: the task under several instruction paraphrases — mean, spread and worst case per model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data import load_task
+from ..evaluate import CHOICE_TYPES
+from .common import eval_both
+from .core import AuditContext, Suite, SuiteResult, paired_entry, register, value_entry
+
+MIN_TEMPLATES = 5
+DEFAULT_LIMIT = 60  # items per paraphrase: templates x items x 2 models adds up on CPU
+
+
+@register("robustness")
+class RobustnessSuite(Suite):
+    description = "Accuracy under instruction paraphrases (the spec's, or the demo task's built-in ones)."
+
+    def run(self, ctx: AuditContext) -> SuiteResult:
+        specs = [s for s in ctx.tasks if s.type in CHOICE_TYPES and s.paraphrases] or [load_task("telecom-intent")]
+        entries, records, notes = [], [], []
+        limit = ctx.limit or DEFAULT_LIMIT
+        for spec in specs:
+            templates = [spec.template] + list(spec.paraphrases)
+            if len(templates) < MIN_TEMPLATES:
+                notes.append(f"{spec.name}: only {len(templates)} instruction variants (want {MIN_TEMPLATES}+)")
+            acc = {"base": [], "tuned": []}  # [template][item] correctness
+            for k, tpl in enumerate(templates):
+                res = eval_both(ctx, spec, template=tpl, limit=limit, key=f"{spec.name}/paraphrase-{k}")
+                for role in acc:
+                    acc[role].append([float(r["correct"]) for r in res[role].records])
+            a = {role: np.array(v) for role, v in acc.items()}  # [templates, items]
+            prefix = f"{spec.name}." if len(specs) > 1 else ""
+            kw = dict(task=spec.name)
+            entries.append(paired_entry(prefix + "mean_accuracy", a["base"].mean(0), a["tuned"].mean(0),
+                                        n_boot=ctx.n_boot, seed=ctx.seed, templates=len(templates), **kw))
+            per_tpl = {role: a[role].mean(1) for role in a}
+            entries.append(value_entry(prefix + "std_accuracy", float(per_tpl["base"].std()),
+                                       float(per_tpl["tuned"].std()), n=len(templates), higher_is_better=False, **kw))
+            entries.append(value_entry(prefix + "worst_accuracy", float(per_tpl["base"].min()),
+                                       float(per_tpl["tuned"].min()), n=len(templates), **kw))
+            for k, tpl in enumerate(templates):
+                records.append({"task": spec.name, "template": tpl, "base": {"accuracy": float(per_tpl["base"][k])},
+                                "tuned": {"accuracy": float(per_tpl["tuned"][k])}})
+        return SuiteResult(records, entries, notes)

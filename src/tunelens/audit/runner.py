@@ -1,0 +1,139 @@
+"""Run the suites for a base/tuned pair and write the ledger, per-suite items and a PR-ready summary."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import __version__
+from ..errors import TunelensError
+from ..io import atomic_open, write_json, write_jsonl
+from . import gate as G
+from .core import SUITES, AuditContext
+
+LEDGER_SCHEMA = "tunelens.ledger/1"
+DEFAULT_SUITES = ("task", "safety", "over_refusal", "forgetting", "context", "robustness", "compatibility",
+                  "calibration")
+
+
+def check_tokenizers(base, tuned, allow_mismatch: bool = False) -> None:
+    if base.tokenizer.get_vocab() != tuned.tokenizer.get_vocab():
+        if allow_mismatch:
+            return
+        raise TunelensError(f"base '{base.name}' and tuned '{tuned.name}' have different tokenizers or vocabularies "
+                            f"({len(base.tokenizer)} vs {len(tuned.tokenizer)} tokens); per-item log-probabilities "
+                            "would not be comparable. Pass --allow-tokenizer-mismatch to audit anyway")
+
+
+def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Path | None = None,
+              gates: list[str] | None = None) -> dict:
+    """Run suites (all registered by default); a suite that fails is marked failed and the rest go on."""
+    suites = list(suites or DEFAULT_SUITES)
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        raise TunelensError(f"unknown suite(s) {', '.join(unknown)}; available: {', '.join(SUITES)}")
+    ledger = {"schema": LEDGER_SCHEMA, "tunelens_version": __version__,
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "base": _model_info(ctx.base), "tuned": _model_info(ctx.tuned),
+              "tasks": [s.name for s in ctx.tasks], "seed": ctx.seed, "limit": ctx.limit, "suites": {}}
+    out = Path(out) if out else None
+    start = time.perf_counter()
+    for name in suites:
+        t0 = time.perf_counter()
+        try:
+            res = SUITES[name]().run(ctx)
+        except Exception as e:  # a broken suite must not take the whole audit down
+            ledger["suites"][name] = {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                                      "traceback": traceback.format_exc(limit=5), "entries": [],
+                                      "seconds": round(time.perf_counter() - t0, 2)}
+            continue
+        ledger["suites"][name] = {"status": "ok", "description": SUITES[name].description, "entries": res.entries,
+                                  "notes": res.notes, "n_records": len(res.records),
+                                  "seconds": round(time.perf_counter() - t0, 2)}
+        if out:
+            write_jsonl(out / "items" / f"{name}.jsonl", res.records)
+        ctx.cache.setdefault("records", {})[name] = res.records
+    ledger["seconds"] = round(time.perf_counter() - start, 2)
+    ledger["generated_tokens"] = ctx.cache.get("generated_tokens", 0)
+    gate_error = None
+    if gates:
+        values = G.metric_values(ledger)
+        try:
+            ledger["gates"] = [{"expr": g, "passed": G.check(g, values)} for g in gates]
+        except TunelensError as e:  # still write what was measured, then report the bad gate
+            gate_error = e
+    if out:
+        write_json(out / "ledger.json", ledger)
+        with atomic_open(out / "summary.md") as f:
+            f.write(summary_markdown(ledger, ctx.cache.get("records", {})))
+    if gate_error:
+        raise gate_error
+    return ledger
+
+
+def _model_info(h) -> dict:
+    return {"name": h.name, "kind": h.kind, "path": str(h.path) if h.path else None, "base": h.base}
+
+
+def _fmt(v, signed=False) -> str:
+    if v is None:
+        return "–"
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def verdict(entry: dict) -> str:
+    """'gain', 'cost' or '' — a change whose 95% interval excludes zero, judged by its direction."""
+    ci, d = entry.get("ci95"), entry.get("delta")
+    if d is None or not ci or ci[0] is None or (ci[0] <= 0 <= ci[1]):
+        return ""
+    return "gain" if (d > 0) == entry.get("higher_is_better", True) else "cost"
+
+
+def summary_markdown(ledger: dict, records: dict) -> str:
+    lines = [f"## tunelens audit: `{ledger['tuned']['name']}` vs `{ledger['base']['name']}`", ""]
+    for g in ledger.get("gates", []):
+        lines.append(f"- gate `{g['expr']}`: **{'passed' if g['passed'] else 'FAILED'}**")
+    if ledger.get("gates"):
+        lines.append("")
+    lines += ["| suite | metric | base | tuned | delta | 95% CI | n | |", "|---|---|---|---|---|---|---|---|"]
+    for suite, block in ledger["suites"].items():
+        if block["status"] != "ok":
+            lines.append(f"| {suite} | **failed**: {block['error'][:120]} | | | | | | |")
+            continue
+        for e in block["entries"]:
+            ci = e.get("ci95")
+            ci_s = f"[{_fmt(ci[0], True)}, {_fmt(ci[1], True)}]" if ci and ci[0] is not None else ""
+            mark = {"gain": "▲ gain", "cost": "▼ cost"}.get(verdict(e), "")
+            lines.append(f"| {suite} | {e['metric']} | {_fmt(e['base'])} | {_fmt(e['tuned'])} | "
+                         f"{_fmt(e['delta'], True)} | {ci_s} | {e['n']} | {mark} |")
+    worst = _worst_flips(records)
+    if worst:
+        lines += ["", "### Worst flips", ""]
+        for suite, r in worst:
+            prompt = str(r.get("prompt") or r.get("question") or "")[-300:].replace("\n", " ")
+            lines += [f"- **{suite}** `{r.get('id')}`: {prompt}",
+                      f"  - base: {_quote(r['base'])}", f"  - tuned: {_quote(r['tuned'])}"]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _quote(side) -> str:
+    if isinstance(side, dict):
+        text = side.get("output", side.get("pred", ""))
+        extra = side.get("verdict")
+        return f"`{str(text)[:200]!s}`" + (f" ({extra})" if extra else "")
+    return f"`{str(side)[:200]}`"
+
+
+def _worst_flips(records: dict, k: int = 5) -> list[tuple[str, dict]]:
+    """Safety refusals lost first, then negative flips on the task."""
+    out = []
+    for r in records.get("safety", []):
+        if r["base"]["verdict"] == "refusal" and r["tuned"]["verdict"] == "compliance":
+            out.append(("safety", r))
+    for r in records.get("compatibility", []):
+        if r.get("flip") == "negative":
+            out.append(("compatibility", r))
+    return out[:k]

@@ -1,0 +1,32 @@
+"""task: the user's own task files, base vs tuned on the same items — metric deltas and flips."""
+
+from __future__ import annotations
+
+from .common import eval_both, side_by_side, task_entries
+from .core import AuditContext, Suite, SuiteResult, paired_entry, register
+
+
+@register("task")
+class TaskSuite(Suite):
+    description = "The user's tasks: every headline metric, base vs tuned, with paired intervals and flips."
+
+    def run(self, ctx: AuditContext) -> SuiteResult:
+        if not ctx.tasks:
+            return SuiteResult([], [], ["no --task given; nothing to compare"])
+        records, entries = [], []
+        for spec in ctx.tasks:
+            res = eval_both(ctx, spec)
+            prefix = f"{spec.name}." if len(ctx.tasks) > 1 else ""
+            entries += task_entries(ctx, spec, res, prefix)
+            rows = side_by_side(spec, res)
+            if "choices" in (rows[0] if rows else {}):
+                b = [float(r["base"]["correct"]) for r in rows]
+                t = [float(r["tuned"]["correct"]) for r in rows]
+                neg = [float(x == 1 and y == 0) for x, y in zip(b, t)]
+                pos = [float(x == 0 and y == 1) for x, y in zip(b, t)]
+                zero = [0.0] * len(rows)
+                kw = dict(n_boot=ctx.n_boot, seed=ctx.seed, task=spec.name)
+                entries.append(paired_entry(prefix + "negative_flip_rate", zero, neg, higher_is_better=False, **kw))
+                entries.append(paired_entry(prefix + "positive_flip_rate", zero, pos, **kw))
+            records += rows
+        return SuiteResult(records, entries)

@@ -1,0 +1,146 @@
+"""Audit: suites on tiny models, the gate parser, flips and statistics, failure isolation, the CLI."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelens.audit import SUITES, AuditContext, Suite, SuiteResult, check_tokenizers, register, run_audit
+from tunelens.audit import gate as G
+from tunelens.audit.compatibility import choice_flips, generation_flips
+from tunelens.audit.core import mcnemar
+from tunelens.cli import app
+from tunelens.errors import TunelensError
+from tunelens.models import resolve_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return resolve_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def mc_task(tmp_path_factory):
+    d = tmp_path_factory.mktemp("task")
+    rows = [{"id": f"q{i}", "text": f"message {i} about {'cats' if i % 2 else 'dogs'}", "label": "cat" if i % 2 else "dog"}
+            for i in range(12)]
+    (d / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "t.yaml").write_text("name: pets\ntype: classification\ndata: d.jsonl\ntemplate: 'Animal? {text}'\n"
+                              "paraphrases: ['Which pet? {text}', '{text} -> animal:', 'Pet in: {text}', "
+                              "'Classify {text}']\n")
+    from tunelens.data import load_task
+
+    return load_task(d / "t.yaml")
+
+
+def test_self_audit_has_zero_deltas_and_no_flips(tiny, mc_task, tmp_path):
+    ctx = AuditContext(base=tiny, tuned=tiny, tasks=[mc_task], limit=4, n_boot=50, progress=False, batch_size=4)
+    ledger = run_audit(ctx, out=tmp_path)
+    assert set(ledger["suites"]) == set(SUITES)
+    for name, block in ledger["suites"].items():
+        assert block["status"] == "ok", (name, block.get("error"))
+        for e in block["entries"]:
+            if e["delta"] is not None:
+                assert e["delta"] == pytest.approx(0.0, abs=1e-9), (name, e["metric"])
+            if "flip" in e["metric"]:
+                assert e["tuned"] == 0, (name, e["metric"])
+    saved = json.loads((tmp_path / "ledger.json").read_text())
+    assert saved["schema"] == "tunelens.ledger/1"
+    for name in SUITES:
+        assert (tmp_path / "items" / f"{name}.jsonl").exists()
+    assert "| suite | metric |" in (tmp_path / "summary.md").read_text()
+
+
+def test_failing_suite_is_marked_and_others_complete(tiny, mc_task):
+    @register("explodes")
+    class Explodes(Suite):
+        def run(self, ctx):
+            raise RuntimeError("boom")
+
+    try:
+        ctx = AuditContext(base=tiny, tuned=tiny, tasks=[mc_task], limit=3, n_boot=20, progress=False)
+        ledger = run_audit(ctx, ["task", "explodes", "calibration"])
+        assert ledger["suites"]["explodes"]["status"] == "failed"
+        assert "boom" in ledger["suites"]["explodes"]["error"]
+        assert ledger["suites"]["task"]["status"] == "ok" and ledger["suites"]["calibration"]["status"] == "ok"
+    finally:
+        SUITES.pop("explodes")
+
+
+def test_unknown_suite_is_an_error(tiny):
+    with pytest.raises(TunelensError, match="unknown suite"):
+        run_audit(AuditContext(base=tiny, tuned=tiny), ["nope"])
+
+
+def test_tokenizer_mismatch(tiny, tmp_path):
+    from conftest import make_tiny_llama, make_tiny_tokenizer
+    from tokenizers import AddedToken
+
+    tok = make_tiny_tokenizer()
+    tok.add_tokens([AddedToken("zzzextra")])
+    other = make_tiny_llama(tok)
+    other.resize_token_embeddings(len(tok))
+    other.save_pretrained(tmp_path / "o")
+    tok.save_pretrained(tmp_path / "o")
+    h = resolve_model(str(tmp_path / "o"))
+    with pytest.raises(TunelensError, match="different tokenizers"):
+        check_tokenizers(tiny, h)
+    check_tokenizers(tiny, h, allow_mismatch=True)
+
+
+LEDGER = {"suites": {"safety": {"entries": [{"metric": "refusal_rate", "base": 0.8, "tuned": 0.7, "delta": -0.1,
+                                             "ci95": [-0.2, 0.0], "n": 10}]},
+                     "task": {"entries": [{"metric": "accuracy", "base": 0.2, "tuned": 0.9, "delta": 0.7,
+                                           "ci95": [0.6, 0.8], "n": 10}]}}}
+
+
+@pytest.mark.parametrize("expr, ok", [
+    ("safety.refusal_rate.delta >= -0.05", False),
+    ("safety.refusal_rate.delta >= -0.15", True),
+    ("task.accuracy.tuned >= 0.9 * task.accuracy.base", True),
+    ("task.accuracy.ci_low > 0 and safety.refusal_rate.tuned > 0.5", True),
+    ("-0.2 <= safety.refusal_rate.delta <= 0", True),
+    ("safety.refusal_rate.ci_high < 0", False),
+])
+def test_gate_expressions(expr, ok):
+    assert G.check(expr, G.metric_values(LEDGER)) is ok
+
+
+@pytest.mark.parametrize("expr, msg", [
+    ("safety.refusal_rate.delta >=", "does not parse"),
+    ("safety.refusl_rate.delta >= 0", "unknown metric"),
+    ("__import__('os').system('true') == 0", "only metric names"),
+    ("task.accuracy.delta", "not a comparison"),
+])
+def test_gate_errors(expr, msg):
+    with pytest.raises(TunelensError, match=msg) as e:
+        G.check(expr, G.metric_values(LEDGER))
+    if msg == "unknown metric":
+        assert "safety.refusal_rate.delta" in str(e.value)  # valid names are listed
+
+
+def test_flip_measures():
+    base = [{"correct": c, "pred": p} for c, p in [(True, 0), (True, 1), (False, 2), (False, 0)]]
+    tuned = [{"correct": c, "pred": p} for c, p in [(False, 1), (True, 1), (True, 0), (False, 0)]]
+    f = choice_flips(base, tuned)
+    assert f == {"negative_flip_rate": 0.25, "positive_flip_rate": 0.25, "inconsistency_flip_rate": 0.25, "n": 4}
+    g = generation_flips([0.5, 0.5, 0.2, 0.0], [0.7, 0.1, 0.2, 0.3])
+    assert g["positive_flip_rate"] == 0.5 and g["negative_flip_rate"] == 0.25
+    assert g["average_gain"] == pytest.approx(0.25) and g["average_regression"] == pytest.approx(0.4)
+    assert mcnemar(0, 0) == 1.0
+    assert mcnemar(0, 10) == pytest.approx(2 * 0.5 ** 10)
+
+
+def test_cli_gate_failure_exits_3_and_bad_gate_exits_2(tiny_model_dir, mc_task, tmp_path):
+    runner = CliRunner()
+    args = ["audit", "--base", str(tiny_model_dir), "--tuned", str(tiny_model_dir), "--task", str(mc_task.path),
+            "--suites", "task", "--limit", "3", "--out", str(tmp_path / "a")]
+    r = runner.invoke(app, args + ["--gate", "task.accuracy.delta > 0"])
+    assert r.exit_code == 3, r.output
+    assert "gate failed" in r.output
+    r = runner.invoke(app, args + ["--gate", "task.accuracy.delta >= 0"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, args + ["--gate", "task.accuracy.delta >>= 0"])
+    assert r.exit_code == 2
+    r = runner.invoke(app, args + ["--gate", "task.acuracy.delta >= 0"])
+    assert r.exit_code == 2 and "task.accuracy.delta" in r.output
