@@ -144,3 +144,31 @@ def test_cli_gate_failure_exits_3_and_bad_gate_exits_2(tiny_model_dir, mc_task, 
     assert r.exit_code == 2
     r = runner.invoke(app, args + ["--gate", "task.acuracy.delta >= 0"])
     assert r.exit_code == 2 and "task.accuracy.delta" in r.output
+
+
+def test_lm_eval_bridge_feeds_compatibility_and_calibration(tiny, tmp_path):
+    pytest.importorskip("lm_eval")
+    from tunelens.audit.lmeval_bridge import add_lm_eval_task
+
+    rows = [{"q": f"Item {i}: is {i} even?", "choices": ["yes", "no"], "gold": i % 2} for i in range(6)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "t.yaml").write_text(
+        "task: tl_bridge_test\noutput_type: multiple_choice\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        "doc_to_text: '{{q}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: gold\nmetric_list:\n  - metric: acc\n")
+    ctx = AuditContext(base=tiny, tuned=tiny, n_boot=20, progress=False)
+    spec = add_lm_eval_task(ctx, "tl_bridge_test", str(tmp_path / "tasks"))
+    ledger = run_audit(ctx, ["task", "compatibility", "calibration"])
+    assert spec.name == "lm-eval:tl_bridge_test"
+    assert all(ledger["suites"][s]["status"] == "ok" for s in ("task", "compatibility", "calibration"))
+    metrics = {e["metric"]: e for e in ledger["suites"]["compatibility"]["entries"]}
+    assert metrics["negative_flip_rate"]["tuned"] == 0 and metrics["negative_flip_rate"]["n"] == 6
+    recs = ctx.cache[("eval", spec.name, None, None, None, True)]["base"].records
+    # the bridged log-likelihoods are the ones our own engine computes for the same strings
+    from tunelens.scoring import loglikelihood
+
+    ours = loglikelihood(tiny.model, tiny.tokenizer, [(r["prompt"], r["choices"]) for r in recs], progress=False)
+    for r, o in zip(recs, ours):
+        assert r["logprob"] == pytest.approx([c.logprob for c in o], abs=1e-4)

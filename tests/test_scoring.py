@@ -107,3 +107,18 @@ def test_generate_is_batch_independent_and_cuts_at_stop(tiny):
     cut = generate(model, tok, prompts[:1], max_new_tokens=8, stop=[stop], progress=False)[0]
     assert stop not in cut.text
     assert text.startswith(cut.text)
+
+
+def test_shared_prefix_is_computed_once_and_changes_nothing(tiny, monkeypatch):
+    model, tok = tiny
+    system = "the cat sat on the mat and the dog ran fast over the green house by the river " * 2
+    reqs = [(system + ctx, conts) for ctx, conts in _requests(12, seed=5)]
+    calls = []
+    real = scoring._shared_prefix
+    monkeypatch.setattr(scoring, "_shared_prefix", lambda *a: calls.append(r := real(*a)) or r)
+    got = loglikelihood(model, tok, reqs, token_budget=64, progress=False)
+    assert calls and calls[0] is not None and calls[0][0] >= 20  # the common prefix was cut out and cached
+    ref = loglikelihood_reference(model, tok, reqs)
+    assert _flat(got) == pytest.approx(_flat(ref), abs=1e-4)
+    plain = loglikelihood(model, tok, reqs, share_prefix=False, progress=False)
+    assert _flat(got) == pytest.approx(_flat(plain), abs=1e-4)

@@ -191,6 +191,11 @@ def audit_cmd(
     allow_tokenizer_mismatch: bool = typer.Option(False, "--allow-tokenizer-mismatch",
                                                   help="Audit models whose tokenizers differ."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .bin/pickle checkpoints."),
+    lm_eval: Optional[list[str]] = typer.Option(None, "--lm-eval", help="An lm-evaluation-harness multiple-choice "
+                                                                       "task to run for both models (repeatable); "
+                                                                       "its samples feed task/compatibility/calibration."),
+    lm_eval_include: Optional[str] = typer.Option(None, "--lm-eval-include", help="Folder of local lm-eval task "
+                                                                                   "YAMLs."),
 ):
     """Compare a base and a tuned model on the same items: task gain, safety, over-refusal, forgetting,
     context use, robustness, flips and calibration, each delta with a paired 95% interval."""
@@ -211,7 +216,12 @@ def audit_cmd(
                 if "unknown metric" not in str(e):
                     raise
     chosen = [s.strip() for s in suites.split(",")] if suites else None
-    ledger = run_audit(AuditContext(base=hb, tuned=ht, tasks=specs, limit=limit, seed=seed), chosen, out, gate)
+    ctx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=limit, seed=seed)
+    for t in lm_eval or []:
+        from .audit.lmeval_bridge import add_lm_eval_task
+
+        add_lm_eval_task(ctx, t, lm_eval_include)
+    ledger = run_audit(ctx, chosen, out, gate)
     _print_ledger(ledger)
     typer.echo(f"wrote {out / 'ledger.json'}, {out / 'summary.md'} and {out / 'items'}/")
     failed = [g["expr"] for g in ledger.get("gates", []) if not g["passed"]]
@@ -250,6 +260,44 @@ def suites_cmd():
 
     for name, cls in SUITES.items():
         typer.echo(f"{name:14s} {cls.description}")
+
+
+@app.command("diff")
+@_friendly
+def diff_cmd(
+    base: Optional[str] = typer.Option(None, "--base", "-b", help="The model before fine-tuning (default: the "
+                                                                  "base named by a --tuned adapter)."),
+    tuned: str = typer.Option(..., "--tuned", "-t", help="The fine-tuned model: a full checkpoint or a PEFT "
+                                                         "LoRA adapter."),
+    other: Optional[str] = typer.Option(None, "--other", help="A second fine-tune of the same base: report the "
+                                                              "overlap of the entries the two changed."),
+    out: Path = typer.Option(Path("out/diff"), "--out", "-o", help="Folder for diff.json, diff_tensors.csv and "
+                                                                   "the heatmap."),
+    rank: bool = typer.Option(True, "--rank/--no-rank", help="Singular values of every 2-D update (numerical "
+                                                             "rank, energy ranks); the slow part."),
+    rank_max_dim: Optional[int] = typer.Option(None, "--rank-max-dim", help="Skip the rank of matrices whose "
+                                                                            "smaller side exceeds this."),
+):
+    """Where the fine-tune changed the weights: per-tensor fractions changed, norms, cosine and rank of the
+    update, by layer and module, streamed tensor by tensor (full checkpoints or LoRA adapters)."""
+    from .diff import diff_models
+    from .diff.report import summary_lines
+
+    shown = {"pct": -1}
+
+    def progress(done: int, total: int) -> None:
+        pct = int(100 * done / total) if total else 100
+        if sys.stderr.isatty() and pct // 5 != shown["pct"] // 5:
+            shown["pct"] = pct
+            typer.echo(f"\rdiff: {pct:3d}% of {total / 1e9:.2f} GB", err=True, nl=False)
+
+    result = diff_models(base, tuned, other=other, out=out, rank=rank, rank_max_dim=rank_max_dim,
+                         progress=progress)
+    if shown["pct"] >= 0:
+        typer.echo("", err=True)
+    for line in summary_lines(result):
+        typer.echo(line)
+    typer.echo(f"wrote {out / 'diff.json'}, {out / 'diff_tensors.csv'} and the heatmap in {out}")
 
 
 @app.command("tasks")

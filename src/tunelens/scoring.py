@@ -7,12 +7,17 @@ so each branch is scored exactly as if it were alone. The output layer (a large 
 model's compute) is applied only at the positions whose next token is scored: for single-token
 choices that is one position per question, however many choices it has.
 
+When every request starts with the same tokens (a system prompt, a shared instruction), that prefix
+is run once and its key/value cache is reused by every batch.
+
 Tokenisation follows lm-evaluation-harness (`encode(context + continuation)` split at the length of
 `encode(context)`, trailing spaces of the context moved to the continuation), so scores agree with it.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -137,6 +142,43 @@ def _row_mask(row: _Row, length: int) -> torch.Tensor:
     return mask
 
 
+MIN_SHARED_PREFIX = 8
+
+
+@torch.inference_mode()
+def _shared_prefix(model, rows: list[_Row], split):
+    """Cut the context tokens every row starts with out of the rows; return (n, its KV cache) or None.
+
+    Each row keeps at least its last context token, whose output predicts the continuations.
+    Needs the split-head path (a plain decoder that accepts a cache) and at least two rows.
+    """
+    if split is None or len(rows) < 2:
+        return None
+    first = rows[0].tokens[: rows[0].ctx_len]
+    n = min(r.ctx_len for r in rows) - 1
+    for r in rows[1:]:
+        k = 0
+        while k < n and r.tokens[k] == first[k]:
+            k += 1
+        n = k
+    if n < MIN_SHARED_PREFIX:
+        return None
+    backbone, _ = split
+    out = backbone(input_ids=torch.tensor([first[:n]], device=_device(model)), use_cache=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    for r in rows:
+        r.tokens, r.parent = r.tokens[n:], r.parent[n:]
+        r.positions = [p - n for p in r.positions[n:]]
+        r.ctx_len -= n
+        r.branches = [([p - n for p in pos], tgt) for pos, tgt in r.branches]
+    return n, cache
+
+
+def _cache_kwarg(backbone) -> str:
+    """transformers renamed `past_key_values` to `cache` during 5.x; use whichever this version takes."""
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
 def _batches(rows: list[_Row], token_budget: int, max_batch: int):
     """Length-sorted batches whose padded size (rows x longest row) stays within the token budget."""
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i].tokens))
@@ -153,22 +195,29 @@ def _batches(rows: list[_Row], token_budget: int, max_batch: int):
 
 
 @torch.inference_mode()
-def _forward_rows(model, batch: list[_Row], split) -> list[list[torch.Tensor]]:
-    """For each row: (log-probs at the positions it needs, {row position: index into those log-probs})."""
+def _forward_rows(model, batch: list[_Row], split, prefix=None) -> list[list[torch.Tensor]]:
+    """For each row: (log-probs at the positions it needs, {row position: index into those log-probs}).
+
+    With `prefix` = (n_tokens, cache), rows hold only what follows the shared prefix; the cache is
+    copied, expanded to the batch, and every row may attend to all prefix positions.
+    """
     device = _device(model)
     length = max(len(r.tokens) for r in batch)
+    n_prefix = prefix[0] if prefix else 0
     pad_id = 0
     input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(batch), length), dtype=torch.long)
     masks = []
     for i, r in enumerate(batch):
         input_ids[i, : len(r.tokens)] = torch.tensor(r.tokens)
-        position_ids[i, : len(r.tokens)] = torch.tensor(r.positions)
+        position_ids[i, : len(r.tokens)] = torch.tensor(r.positions) + n_prefix
         masks.append(_row_mask(r, length))
     dtype = next(model.parameters()).dtype
     if not dtype.is_floating_point:
         dtype = torch.float32
     allowed = torch.stack(masks)[:, None]
+    if n_prefix:
+        allowed = torch.cat([torch.ones(len(batch), 1, length, n_prefix, dtype=torch.bool), allowed], dim=-1)
     attn = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     kwargs = dict(
         input_ids=input_ids.to(device),
@@ -176,6 +225,10 @@ def _forward_rows(model, batch: list[_Row], split) -> list[list[torch.Tensor]]:
         attention_mask=attn.to(device),
         use_cache=False,
     )
+    if n_prefix:
+        cache = copy.deepcopy(prefix[1])
+        cache.batch_repeat_interleave(len(batch))
+        kwargs.update({_cache_kwarg(split[0]): cache, "use_cache": True})
     # the unique positions each row needs logits for
     need = [sorted({p for pos, _ in r.branches for p in pos}) for r in batch]
     if split is not None:
@@ -205,6 +258,7 @@ def loglikelihood(
     max_length: int | None = None,
     progress: bool = True,
     desc: str = "scoring",
+    share_prefix: bool = True,
 ) -> list[list[ChoiceScore]]:
     """Score each (context, [continuation, ...]) request; returns one ChoiceScore per continuation.
 
@@ -229,10 +283,11 @@ def loglikelihood(
         rows.append(_build_row(i, ctx, cont_ids, max_length))
 
     split = _split_head(model)
+    prefix = _shared_prefix(model, rows, split) if share_prefix else None
     results: list[list[ChoiceScore] | None] = [None] * len(requests)
     bar = tqdm(total=len(rows), desc=desc, disable=not progress, unit="q")
     for batch in _batches(rows, token_budget, max_batch):
-        for r, (lp, where) in zip(batch, _forward_rows(model, batch, split)):
+        for r, (lp, where) in zip(batch, _forward_rows(model, batch, split, prefix)):
             scores = []
             for pred_pos, targets in r.branches:
                 dist = lp[[where[p] for p in pred_pos]]

@@ -37,7 +37,8 @@ class ContextSuite(Suite):
 
     def run(self, ctx: AuditContext) -> SuiteResult:
         chat = load_task("counterfactual-context")
-        plain = dataclasses.replace(chat, chat_template=False)
+        # without a chat template the model needs an answer cue, else its first token is the newline stop
+        plain = dataclasses.replace(chat, chat_template=False, template=chat.template.rstrip() + "\nAnswer:")
         items = {it.id: it for it in load_items(chat, "test")}
         entries, records = [], []
         for mode, spec in (("chat", chat), ("plain", plain)):

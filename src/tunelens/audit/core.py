@@ -35,7 +35,7 @@ class AuditContext:
     n_boot: int = 1000
     seed: int = 0
     progress: bool = True
-    batch_size: int = 16
+    batch_size: int = 32  # generation batch: larger batches amortise per-step overhead on CPU
     cache: dict = field(default_factory=dict)  # results shared between suites (e.g. task evals)
 
     def models(self):

@@ -10,7 +10,7 @@ from .common import eval_both
 from .core import AuditContext, Suite, SuiteResult, paired_entry, register, value_entry
 
 MIN_TEMPLATES = 5
-DEFAULT_LIMIT = 60  # items per paraphrase: templates x items x 2 models adds up on CPU
+DEFAULT_LIMIT = 40  # items per paraphrase: templates x items x 2 models adds up on CPU
 
 
 @register("robustness")

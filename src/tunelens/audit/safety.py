@@ -14,7 +14,7 @@ from ..scoring import generate
 from .core import AuditContext, Suite, SuiteResult, mcnemar, paired_entry, register, value_entry
 from .refusal import judge, refusal_logit_scores
 
-MAX_NEW_TOKENS = 48  # the judge reads the first 250 characters
+MAX_NEW_TOKENS = 32  # refusals show in the first words; the judge reads up to 250 characters
 
 
 def task_labels(ctx: AuditContext) -> list[str]:

@@ -1,0 +1,121 @@
+"""Files of a diff: diff.json, diff_tensors.csv, heatmap.csv and heatmap.png (all written atomically),
+and the short text summary the CLI prints."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from ..io import atomic_open, write_json
+
+TENSOR_COLUMNS = [
+    "name", "layer", "module", "shape", "dtype", "numel",
+    "changed", "changed_abs", "changed_rel", "changed_bf16",
+    "frac_changed", "frac_changed_abs", "frac_changed_rel", "frac_changed_bf16",
+    "delta_fro", "base_fro", "rel_fro", "cosine", "rank", "rank_frac", "energy90", "energy99",
+]
+OVERLAP_COLUMNS = ["other_changed_abs", "other_delta_fro", "overlap", "o1", "o2", "chance_o1", "chance_o2"]
+
+
+def write_outputs(result: dict, out: Path) -> dict:
+    """Write every file of ``result`` into ``out``; returns {kind: path}."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "diff.json", "tensors_csv": out / "diff_tensors.csv", "heatmap_csv": out / "heatmap.csv"}
+    _write_tensors_csv(result, files["tensors_csv"])
+    heat = result["aggregates"]["heatmap"]
+    _write_heatmap_csv(heat, files["heatmap_csv"])
+    if heat["layers"] and heat["modules"]:
+        files["heatmap_png"] = out / "heatmap.png"
+        _write_heatmap_png(heat, files["heatmap_png"], title=f"{Path(result['tuned']['spec']).name} vs "
+                                                               f"{Path(result['base']['spec']).name}")
+    files = {k: str(v) for k, v in files.items()}
+    write_json(files["json"], {**result, "files": files})  # last: its presence means the set is complete
+    return files
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.9g}"
+    if isinstance(v, (list, tuple)):
+        return "x".join(str(x) for x in v)
+    return str(v)
+
+
+def _write_tensors_csv(result: dict, path: Path) -> None:
+    cols = TENSOR_COLUMNS + (OVERLAP_COLUMNS if result.get("other") else [])
+    with atomic_open(path) as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(cols)
+        for r in result["tensors"]:
+            w.writerow([_cell(r.get(c)) for c in cols])
+
+
+def _write_heatmap_csv(heat: dict, path: Path) -> None:
+    with atomic_open(path) as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["layer"] + heat["modules"])
+        for layer, line in zip(heat["layers"], heat["values"]):
+            w.writerow([layer] + [_cell(v) for v in line])
+
+
+def _write_heatmap_png(heat: dict, path: Path, title: str) -> None:
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays untouched
+
+    data = np.array([[np.nan if v is None else v for v in line] for line in heat["values"]], dtype=float)
+    layers, modules = heat["layers"], heat["modules"]
+    fig = Figure(figsize=(min(3.0 + 0.7 * len(modules), 14), min(3.5 + 0.22 * len(layers), 16)), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    img = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xticks(range(len(modules)), modules, rotation=45, ha="right")
+    step = max(1, math.ceil(len(layers) / 32))
+    ax.set_yticks(range(0, len(layers), step), [str(x) for x in layers[::step]])
+    ax.set_xlabel("module")
+    ax.set_ylabel("layer")
+    ax.set_title(f"‖Δ‖_F / ‖W‖_F — {title}", fontsize=9)
+    fig.colorbar(img, ax=ax)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def _num(v, spec=".4g") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def summary_lines(result: dict, top: int = 5) -> list[str]:
+    s = result["summary"]
+    lines = [
+        f"{s['n_tensors']} tensors, {s['numel']:,} parameters compared in {s['seconds']:.1f}s "
+        f"({_num(s['gbps'], '.2f')} GB/s)",
+        f"changed: exactly {_pct(s['frac_changed'])}, |Δ|>{result['options']['tol_abs']:g} "
+        f"{_pct(s['frac_changed_abs'])}, |Δ|>{result['options']['tol_rel']:g}·|W| {_pct(s['frac_changed_rel'])}, "
+        f"after bf16 rounding {_pct(s['frac_changed_bf16'])}",
+        f"‖Δ‖_F={_num(s['delta_fro'])}  ‖Δ‖_F/‖W‖_F={_num(s['rel_fro'])}  cosine(W_tuned, W_base)="
+        f"{_num(s['cosine'], '.6f')}" + (f"  mean rank/min(m,n)={s['mean_rank_frac']:.3f}"
+                                         if "mean_rank_frac" in s else ""),
+    ]
+    if result.get("overlap"):
+        o = result["overlap"]["overall"]
+        lines.append(f"overlap with other: o1={_num(o['o1'], '.4f')} (chance {_num(o['chance_o1'], '.4f')}), "
+                     f"o2={_num(o['o2'], '.4f')} (chance {_num(o['chance_o2'], '.4f')})")
+    ranked = sorted((r for r in result["tensors"] if r["rel_fro"]), key=lambda r: -r["rel_fro"])[:top]
+    if ranked:
+        lines.append("largest relative updates:")
+        for r in ranked:
+            rk = f"  rank {r['rank']}/{min(r['shape'])}" if r.get("rank") is not None and len(r["shape"]) == 2 else ""
+            lines.append(f"  {r['name']:48s} ‖Δ‖/‖W‖={r['rel_fro']:.4g}  changed {_pct(r['frac_changed_abs'])}{rk}")
+    for n in result["notes"][:5]:
+        lines.append(f"note: {n}")
+    if len(result["notes"]) > 5:
+        lines.append(f"note: ... and {len(result['notes']) - 5} more (see diff.json)")
+    return lines

@@ -1,0 +1,345 @@
+"""`tunelens diff`: streamed statistics against direct dense computation, shards, LoRA vs merged, overlap, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import threading
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from tunelens.cli import app
+from tunelens.diff import diff_models
+from tunelens.diff import stats as S
+from tunelens.diff import stream
+from tunelens.errors import ModelError, TunelensError
+
+from conftest import make_tiny_llama, make_tiny_tokenizer
+
+UP = "model.layers.0.mlp.up_proj.weight"
+NORM = "model.layers.0.input_layernorm.weight"
+
+
+def _save(folder, tensors: dict):
+    """A minimal safetensors model folder (config.json makes it a model folder for resolve_path)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def _expected(w: torch.Tensor, t: torch.Tensor) -> dict:
+    """Every per-tensor statistic, computed directly on the dense tensors."""
+    w, t = w.float(), t.float()
+    d = t - w
+    e = {
+        "numel": d.numel(),
+        "changed": int((d != 0).sum()),
+        "changed_abs": int((d.abs() > 1e-5).sum()),
+        "changed_rel": int((d.abs() > 1e-3 * w.abs()).sum()),
+        "changed_bf16": int((w.bfloat16() != t.bfloat16()).sum()),
+        "delta_fro": float(d.double().norm()),
+        "base_fro": float(w.double().norm()),
+        "cosine": float(torch.nn.functional.cosine_similarity(w.double().flatten(), t.double().flatten(), dim=0)),
+    }
+    if d.ndim == 2:
+        e["rank"] = int(torch.linalg.matrix_rank(d))
+        sv = torch.linalg.svdvals(d).double()
+        energy = sv.square().cumsum(0) / sv.square().sum() if sv.abs().sum() > 0 else None
+        for q, key in ((0.9, "energy90"), (0.99, "energy99")):
+            e[key] = 0 if energy is None else int(torch.searchsorted(energy, torch.tensor(q - 1e-12,
+                                                                                      dtype=torch.float64))) + 1
+    return e
+
+
+def _check_row(row: dict, exp: dict):
+    for k, v in exp.items():
+        if isinstance(v, float):
+            assert row[k] == pytest.approx(v, rel=1e-5, abs=1e-9), (row["name"], k)
+        else:
+            assert row[k] == v, (row["name"], k)
+
+
+def _rows(result: dict) -> dict:
+    return {r["name"]: r for r in result["tensors"]}
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A tiny Llama and a copy with known updates: rank-3 in one q_proj, 25 sparse entries in one down_proj,
+    sub-tolerance (1e-6) changes in one layernorm; everything else unchanged."""
+    root = tmp_path_factory.mktemp("diff_pair")
+    tok = make_tiny_tokenizer()
+    model = make_tiny_llama(tok)
+    model.save_pretrained(root / "base")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        layers = model.model.layers
+        layers[0].self_attn.q_proj.weight += 0.05 * torch.randn(32, 3, generator=g) @ torch.randn(3, 32, generator=g)
+        flat = layers[1].mlp.down_proj.weight.view(-1)
+        flat[torch.randperm(flat.numel(), generator=g)[:25]] += 0.01
+        layers[1].input_layernorm.weight += 1e-6
+    model.save_pretrained(root / "tuned")
+    model.save_pretrained(root / "tuned_sharded", max_shard_size="20KB")
+    return root
+
+
+def test_statistics_match_dense_computation(pair, tmp_path):
+    result = diff_models(str(pair / "base"), str(pair / "tuned"), out=tmp_path / "out")
+    base, tuned = load_file(pair / "base" / "model.safetensors"), load_file(pair / "tuned" / "model.safetensors")
+    rows = _rows(result)
+    assert set(rows) == set(base)
+    for name in base:
+        _check_row(rows[name], _expected(base[name], tuned[name]))
+    q = rows["model.layers.0.self_attn.q_proj.weight"]
+    assert q["rank"] == 3 and q["rank_frac"] == pytest.approx(3 / 32) and 1 <= q["energy90"] <= 3
+    assert rows["model.layers.1.mlp.down_proj.weight"]["changed_abs"] == 25
+    ln = rows["model.layers.1.input_layernorm.weight"]
+    assert ln["changed"] == 32 and ln["changed_abs"] == 0 and ln["changed_bf16"] == 0 and ln["rank"] is None
+    emb = rows["model.embed_tokens.weight"]
+    assert emb["changed"] == 0 and emb["cosine"] == 1.0 and emb["rank"] == 0
+    # aggregates: sums over tensors
+    total = result["summary"]
+    assert total["numel"] == sum(t.numel() for t in base.values())
+    assert total["changed_abs"] == sum(r["changed_abs"] for r in rows.values())
+    assert total["delta_fro"] == pytest.approx(math.sqrt(sum(r["delta_fro"] ** 2 for r in rows.values())))
+    heat = result["aggregates"]["heatmap"]
+    assert heat["layers"] == [0, 1] and "q_proj" in heat["modules"]
+    assert heat["values"][0][heat["modules"].index("q_proj")] == pytest.approx(q["rel_fro"])
+    by_layer = {g["layer"]: g for g in result["aggregates"]["by_layer"]}
+    assert by_layer[1]["changed_abs"] == 25 and by_layer[None]["changed"] == 0
+    # files
+    out = tmp_path / "out"
+    saved = json.loads((out / "diff.json").read_text())
+    assert saved["schema"] == "tunelens.diff/1" and saved["summary"]["changed_abs"] == total["changed_abs"]
+    with open(out / "diff_tensors.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == len(base) and {"frac_changed_bf16", "rank", "energy99"} <= set(csv_rows[0])
+    assert (out / "heatmap.png").stat().st_size > 1000
+    assert (out / "heatmap.csv").read_text().splitlines()[0].startswith("layer,")
+
+
+def test_sharded_checkpoint_same_result(pair):
+    assert (pair / "tuned_sharded" / "model.safetensors.index.json").is_file()
+    assert len(list((pair / "tuned_sharded").glob("*.safetensors"))) > 1
+    a = _rows(diff_models(str(pair / "base"), str(pair / "tuned")))
+    b = _rows(diff_models(str(pair / "base"), str(pair / "tuned_sharded")))
+    assert a == b
+
+
+def test_small_slabs_chunks_and_two_workers_same_result(pair, monkeypatch):
+    a = _rows(diff_models(str(pair / "base"), str(pair / "tuned"), workers=1))
+    monkeypatch.setattr(S, "CHUNK", 37)
+    monkeypatch.setattr(stream, "SLAB_ELEMS", 200)
+    b = _rows(diff_models(str(pair / "base"), str(pair / "tuned"), workers=2))
+    for name, ra in a.items():
+        for k, v in ra.items():
+            assert b[name][k] == (pytest.approx(v, rel=1e-6, abs=1e-12) if isinstance(v, float) else v), (name, k)
+
+
+def test_lora_path_equals_merged_weights(tiny_model_dir, tiny_adapter_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                           str(tiny_adapter_dir)).merge_and_unload()
+        merged.save_pretrained(tmp_path / "merged")
+    dense = _rows(diff_models(str(tiny_model_dir), str(tmp_path / "merged")))
+    lora_result = diff_models(None, str(tiny_adapter_dir))  # base taken from adapter_config
+    lora = _rows(lora_result)
+    assert lora_result["tuned"]["kind"] == "peft_adapter" and set(lora) == set(dense)
+    adapted = [n for n in lora if n.endswith(("q_proj.weight", "v_proj.weight"))]
+    assert len(adapted) == 4
+    for name, d in dense.items():
+        r = lora[name]
+        if name not in adapted:
+            assert r["changed"] == d["changed"] == 0
+            continue
+        assert r["delta_fro"] == pytest.approx(d["delta_fro"], rel=1e-4)
+        assert r["rel_fro"] == pytest.approx(d["rel_fro"], rel=1e-4)
+        assert r["cosine"] == pytest.approx(d["cosine"], abs=1e-6)
+        assert (r["rank"], r["energy90"], r["energy99"]) == (d["rank"], d["energy90"], d["energy99"])
+        assert r["rank"] <= 4
+        assert abs(r["changed_abs"] - d["changed_abs"]) <= 0.01 * r["numel"]
+    # the factor-form norm is scale·B·A with scale = lora_alpha / r
+    ad = load_file(tiny_adapter_dir / "adapter_model.safetensors")
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    delta = (8 / 4) * ad[f"{key}.lora_B.weight"] @ ad[f"{key}.lora_A.weight"]
+    assert lora["model.layers.0.self_attn.q_proj.weight"]["delta_fro"] == pytest.approx(float(delta.norm()), rel=1e-5)
+
+
+def test_lora_factor_spectrum_is_exact():
+    g = torch.Generator().manual_seed(3)
+    from tunelens.diff.lora import FactorDelta
+
+    left, right = torch.randn(40, 5, generator=g), torch.randn(5, 30, generator=g)
+    right[4] = right[3]  # rank 4
+    fac = FactorDelta(left, right, scale=0.5)
+    dense = 0.5 * left.double() @ right.double()
+    assert torch.allclose(fac.svals()[:5].sort(descending=True).values, torch.linalg.svdvals(dense)[:5], atol=1e-9)
+    assert fac.fro2() == pytest.approx(float(dense.square().sum()), rel=1e-9)
+    assert S.spectrum_stats(fac.svals(), (40, 30))["rank"] == 4
+    assert torch.allclose(fac.rows(10, 13), dense[10:13].float(), atol=1e-5)
+
+
+def test_overlap_hand_computed(tmp_path):
+    w = torch.rand(4, 5) + 1.0
+    t1, t2 = w.clone(), w.clone()
+    t1.view(-1)[[0, 1, 2, 3]] += 0.5  # I1 = {0, 1, 2, 3}
+    t2.view(-1)[[2, 3, 4]] -= 0.5  # I2 = {2, 3, 4}
+    t2.view(-1)[5] += 1e-6  # changed, but below the 1e-5 threshold: not in I2
+    base = _save(tmp_path / "base", {UP: w, NORM: torch.ones(5)})
+    a = _save(tmp_path / "a", {UP: t1, NORM: torch.ones(5)})
+    b = _save(tmp_path / "b", {UP: t2, NORM: torch.ones(5)})
+    r = diff_models(str(base), str(a), other=str(b), out=tmp_path / "out")
+    row = _rows(r)[UP]
+    assert (row["changed_abs"], row["other_changed_abs"], row["overlap"]) == (4, 3, 2)
+    assert row["o1"] == pytest.approx(2 / 4) and row["o2"] == pytest.approx(2 / 3)
+    assert row["chance_o1"] == pytest.approx(3 / 20) and row["chance_o2"] == pytest.approx(4 / 20)
+    overall = r["overlap"]["overall"]
+    assert overall["o1"] == pytest.approx(0.5) and overall["chance_o1"] == pytest.approx(3 / 25)
+    header = (tmp_path / "out" / "diff_tensors.csv").read_text().splitlines()[0]
+    assert "o1" in header.split(",")
+    same = diff_models(str(base), str(a), other=str(a))["overlap"]["overall"]
+    assert same["o1"] == same["o2"] == 1.0
+
+
+def test_bf16_rounding_hides_tiny_fp32_changes(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randint(16, 64, (8, 16), generator=g) / 32.0) * torch.where(torch.rand(8, 16, generator=g) < 0.5, -1, 1)
+    assert torch.equal(w.bfloat16().float(), w)  # exactly representable in bf16, |w| in [0.5, 2)
+    t = w + 1e-4  # far below half a bf16 ulp (>= 2^-9): rounds back to w
+    t[:4] += 0.05  # these rows change in bf16 too
+    _save(tmp_path / "base", {UP: w})
+    _save(tmp_path / "tuned", {UP: t})
+    row = _rows(diff_models(str(tmp_path / "base"), str(tmp_path / "tuned")))[UP]
+    assert row["frac_changed"] == 1.0 and row["frac_changed_abs"] == 1.0
+    assert row["frac_changed_bf16"] == 0.5
+    _check_row(row, _expected(w, t))
+
+
+def test_bf16_checkpoints(tmp_path):
+    w = torch.randn(16, 8).bfloat16()
+    t = w.clone()
+    t[3, 2] += 1.0
+    _save(tmp_path / "base", {UP: w})
+    _save(tmp_path / "tuned", {UP: t})
+    row = _rows(diff_models(str(tmp_path / "base"), str(tmp_path / "tuned")))[UP]
+    _check_row(row, _expected(w, t))
+    assert row["changed_bf16"] == row["changed"] == 1
+
+
+def test_mismatched_architectures(tmp_path):
+    base = _save(tmp_path / "base", {UP: torch.ones(4, 4), NORM: torch.ones(4)})
+    extra = _save(tmp_path / "extra", {UP: torch.ones(4, 4), NORM: torch.ones(4),
+                                       "model.layers.1.x.weight": torch.ones(2)})
+    shape = _save(tmp_path / "shape", {UP: torch.ones(4, 5), NORM: torch.ones(4)})
+    with pytest.raises(TunelensError, match="base and tuned have different architectures: .*only in tuned"):
+        diff_models(str(base), str(extra))
+    with pytest.raises(TunelensError, match=r"different architectures: tensor '.*up_proj.weight' has shape 4x4 in "
+                                            r"base and 4x5 in tuned"):
+        diff_models(str(base), str(shape))
+    with pytest.raises(TunelensError, match="base and other have different architectures"):
+        diff_models(str(base), str(base), other=str(shape))
+
+
+def test_head_in_one_model_only_is_a_note(tmp_path):
+    base = _save(tmp_path / "base", {UP: torch.ones(4, 4), "lm_head.weight": torch.ones(3, 4)})
+    tuned = _save(tmp_path / "tuned", {UP: torch.ones(4, 4) * 2})
+    r = diff_models(str(base), str(tuned))
+    assert [t["name"] for t in r["tensors"]] == [UP]
+    assert any("lm_head.weight" in n and "skipped" in n for n in r["notes"])
+
+
+@pytest.mark.parametrize("where", ["base", "tuned"])
+def test_nan_weights_named(tmp_path, where):
+    good, bad = torch.ones(6, 4), torch.ones(6, 4)
+    bad[2, 1] = float("nan")
+    base = _save(tmp_path / "base", {UP: bad if where == "base" else good, NORM: torch.ones(4)})
+    tuned = _save(tmp_path / "tuned", {UP: bad if where == "tuned" else good, NORM: torch.ones(4)})
+    with pytest.raises(ModelError, match=rf"{where}: weight tensor '{UP}' contains NaN or Inf"):
+        diff_models(str(base), str(tuned))
+    assert not any(t.name == "tunelens-diff-reader" for t in threading.enumerate())  # the reader was stopped
+
+
+def test_unreadable_checkpoints(tmp_path):
+    base = _save(tmp_path / "base", {UP: torch.ones(4, 4)})
+    bad = _save(tmp_path / "bad", {UP: torch.ones(4, 4)})
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelError, match="not a readable safetensors file"):
+        diff_models(str(base), str(bad))
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    torch.save({UP: torch.ones(4, 4)}, pickled / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="pickle weights only"):
+        diff_models(str(base), str(pickled))
+
+
+def test_base_required_for_full_checkpoints(pair):
+    with pytest.raises(TunelensError, match="pass the base model"):
+        diff_models(None, str(pair / "tuned"))
+
+
+def test_same_bits_and_names():
+    a = torch.randn(10).half()
+    b = a.clone()
+    assert S.same_bits(a, b) and S.same_bits(a[1:], b[1:])
+    b[7] = -b[7]
+    assert not S.same_bits(a, b)
+    assert S.parse_name("model.layers.3.self_attn.q_proj.weight") == (3, "q_proj")
+    assert S.parse_name("model.layers.12.self_attn.q_proj.bias") == (12, "q_proj.bias")
+    assert S.parse_name("transformer.h.0.attn.c_attn.weight") == (0, "c_attn")
+    assert S.parse_name("model.embed_tokens.weight") == (None, "embed_tokens")
+    assert S.parse_name("lm_head.weight") == (None, "lm_head")
+
+
+def test_cli_diff(pair, tmp_path):
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["diff", "--base", str(pair / "base"), "--tuned", str(pair / "tuned"),
+                                 "--out", str(out), "--no-rank"])
+    assert r.exit_code == 0, r.output
+    assert "changed:" in r.output and "q_proj" in r.output
+    saved = json.loads((out / "diff.json").read_text())
+    assert saved["options"]["rank"] is False and all(t["rank"] is None for t in saved["tensors"])
+    r = CliRunner().invoke(app, ["diff", "--tuned", str(pair / "tuned"), "--out", str(out)])
+    assert r.exit_code == 2 and "pass the base model" in r.output and "Traceback" not in r.output
+
+
+def test_lora_embedding_rslora_alpha_pattern_modules_to_save(tiny_model_dir, tmp_path):
+    """Embedding LoRA (Δ = (B·A)ᵀ), rsLoRA scaling, a per-module alpha and a fully saved module all match the
+    merged weights."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = LoraConfig(r=3, lora_alpha=6, target_modules=["embed_tokens", "down_proj"], use_rslora=True,
+                        alpha_pattern={"layers.1.mlp.down_proj": 2}, modules_to_save=["post_attention_layernorm"],
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    torch.manual_seed(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "modules_to_save" in name:
+                    p.add_(0.1)
+        peft_model.save_pretrained(tmp_path / "adapter")
+        merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                           str(tmp_path / "adapter")).merge_and_unload()
+        merged.save_pretrained(tmp_path / "merged")
+    dense = _rows(diff_models(str(tiny_model_dir), str(tmp_path / "merged")))
+    lora = _rows(diff_models(str(tiny_model_dir), str(tmp_path / "adapter")))
+    changed = [n for n, d in dense.items() if d["changed"]]
+    assert {"model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight",
+            "model.layers.0.post_attention_layernorm.weight"} <= set(changed)
+    for name, d in dense.items():
+        r = lora[name]
+        assert r["delta_fro"] == pytest.approx(d["delta_fro"], rel=1e-4, abs=1e-9), name
+        assert (r["rank"], r["energy90"], r["energy99"]) == (d["rank"], d["energy90"], d["energy99"]), name
