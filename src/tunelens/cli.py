@@ -300,6 +300,48 @@ def diff_cmd(
     typer.echo(f"wrote {out / 'diff.json'}, {out / 'diff_tensors.csv'} and the heatmap in {out}")
 
 
+@app.command("graft")
+@_friendly
+def graft_cmd(
+    base: Optional[str] = typer.Option(None, "--base", "-b", help="The model before fine-tuning (default: the "
+                                                                  "base named by a --tuned adapter)."),
+    tuned: str = typer.Option(..., "--tuned", "-t", help="The fine-tuned model: a full checkpoint or a PEFT "
+                                                         "LoRA adapter (merged)."),
+    task: str = typer.Option(..., "--task", help="Task spec (YAML), data file or built-in task name."),
+    sparsity: str = typer.Option("1e-4,1e-3,1e-2", "--sparsity", "-s", help="Comma-separated fractions of the "
+                                                                            "eligible entries to graft."),
+    steps: int = typer.Option(100, "--steps", help="Mask optimisation steps (0: top-|Δ| mask only)."),
+    lr: float = typer.Option(1e7, "--lr", help="Step size on the mask logits S (σ'(S-10) ≈ 4.5e-5)."),
+    examples: int = typer.Option(256, "--examples", help="Train examples in the fixed loss batch."),
+    select_limit: int = typer.Option(64, "--select-limit", help="Items of train and of validation scoring "
+                                                                "the rounded mask after each step."),
+    eval_limit: Optional[int] = typer.Option(None, "--limit", help="Items of the eval split for the reported "
+                                                                   "scores (default: all)."),
+    include_embeddings: bool = typer.Option(False, "--include-embeddings", help="Let the mask include the "
+                                                                                "embedding matrices."),
+    seed: int = typer.Option(0, "--seed", help="Seed of S and of the example batch."),
+    out: Path = typer.Option(Path("out/graft"), "--out", "-o", help="Folder for graft.json and the masks."),
+    save_model: bool = typer.Option(False, "--save-model", help="Also save each grafted model (model-s{s}/)."),
+):
+    """Skill localization by grafting (Panigrahi et al. 2023): the sparse set of fine-tuned entries that,
+    grafted onto the base, recovers the tune's gain on a task."""
+    from .diff.graft import graft
+
+    try:
+        sparsities = [float(x) for x in sparsity.split(",") if x.strip()]
+    except ValueError:
+        raise TunelensError(f"--sparsity '{sparsity}': give comma-separated numbers, e.g. 1e-4,1e-3") from None
+    result = graft(base, tuned, task, sparsities, steps=steps, lr=lr, examples=examples, out=out,
+                   save_model=save_model, seed=seed, include_embeddings=include_embeddings,
+                   select_limit=select_limit, eval_limit=eval_limit)
+    for r in result["results"]:
+        sc, g = r["score"], r["gain_recovered"]
+        typer.echo(f"s={r['sparsity']:g}: kept {r['kept']} entries; {result['metric']} base {sc['base']:.4f}, "
+                   f"tuned {sc['tuned']:.4f}, graft {sc['graft']:.4f}; gain recovered "
+                   f"{'n/a' if g is None else f'{g:.3f}'}")
+    typer.echo(f"wrote {out / 'graft.json'}")
+
+
 @app.command("tasks")
 @_friendly
 def tasks_cmd():
