@@ -146,23 +146,23 @@ def _mean_entry(values, n_boot: int, seed: int) -> dict:
     return metrics.metric_entry(float(values.mean()), lo, hi)
 
 
+# per-item quantities of a choice record whose mean is a headline metric: name -> (value, higher is better)
+CHOICE_ITEM_METRICS = {
+    "accuracy": (lambda r: float(r["correct"]), True),
+    "p_vocab_correct": (lambda r: r["p_vocab"][r["answer"]], True),
+    "p_vocab_incorrect_mass": (lambda r: sum(p for c, p in enumerate(r["p_vocab"]) if c != r["answer"]), False),
+    "brier": (lambda r: sum((float(c == r["answer"]) - p) ** 2 for c, p in enumerate(r["p_choices"])), False),
+}
+
+
 def choice_metrics(records: list[dict], task_type: str, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
     """Headline metrics of multiple-choice/classification records, each with a bootstrap 95% interval."""
     if not records:
         raise TunelensError("no items were evaluated")
-    correct = [float(r["correct"]) for r in records]
     conf = np.array([r["confidence"] for r in records])
     answers = [r["answer"] for r in records]
-    out = {
-        "accuracy": _mean_entry(correct, n_boot, seed),
-        "p_vocab_correct": _mean_entry([r["p_vocab"][r["answer"]] for r in records], n_boot, seed),
-        "p_vocab_incorrect_mass": _mean_entry(
-            [sum(p for c, p in enumerate(r["p_vocab"]) if c != r["answer"]) for r in records], n_boot, seed),
-        "brier": _mean_entry(
-            [sum((float(c == r["answer"]) - p) ** 2 for c, p in enumerate(r["p_choices"])) for r in records],
-            n_boot, seed),
-    }
-    ok = np.array(correct, dtype=bool)
+    out = {name: _mean_entry([fn(r) for r in records], n_boot, seed) for name, (fn, _) in CHOICE_ITEM_METRICS.items()}
+    ok = np.array([bool(r["correct"]) for r in records])
     ece_ci = metrics.bootstrap_ci_paired(lambda i: metrics.ece(conf[i], ok[i]), len(records), n_boot=n_boot, seed=seed)
     out["ece"] = metrics.metric_entry(metrics.ece(conf, ok), *ece_ci)
     if task_type == "classification":

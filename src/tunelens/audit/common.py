@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import metrics as M
-from ..evaluate import CHOICE_TYPES, evaluate
+from ..evaluate import CHOICE_ITEM_METRICS, CHOICE_TYPES, evaluate
 from .core import AuditContext, paired_entry, paired_stat_entry
 
 
@@ -34,14 +34,7 @@ def task_entries(ctx: AuditContext, spec, res: dict, prefix: str = "") -> list[d
     kw = dict(n_boot=ctx.n_boot, seed=ctx.seed, task=spec.name)
     out = []
     if spec.type in CHOICE_TYPES:
-        per_item = {
-            "accuracy": (lambda r: float(r["correct"]), True),
-            "brier": (lambda r: sum((float(c == r["answer"]) - p) ** 2 for c, p in enumerate(r["p_choices"])), False),
-            "p_vocab_correct": (lambda r: r["p_vocab"][r["answer"]], True),
-            "p_vocab_incorrect_mass": (lambda r: sum(p for c, p in enumerate(r["p_vocab"]) if c != r["answer"]),
-                                       False),
-        }
-        for name, (fn, hib) in per_item.items():
+        for name, (fn, hib) in CHOICE_ITEM_METRICS.items():
             out.append(paired_entry(prefix + name, [fn(r) for r in b], [fn(r) for r in t], higher_is_better=hib, **kw))
         # ECE is not a mean over items: recompute it on each resample, per model
         out.append(paired_stat_entry(prefix + "ece", len(b), _ece_stat(b), _ece_stat(t), higher_is_better=False, **kw))
