@@ -1,0 +1,8 @@
+"""tunelens repair: restore what the fine-tune broke. Methods register by name (see core.register);
+importing this package registers the built-in ones."""
+
+from .core import REPAIRS, Repair, RepairResult, get, make_options, register, repair
+from . import dare, graft, interpolate, linear, task_arithmetic, ties  # noqa: F401
+from . import safelora, safemerge  # noqa: F401
+
+__all__ = ["REPAIRS", "Repair", "RepairResult", "get", "make_options", "register", "repair"]

@@ -1,0 +1,301 @@
+"""Sweep: run several repairs, audit every candidate against the base, show the trade-offs, pick one.
+
+Each candidate {"method": NAME, **options} (optional "name") is written to OUT/candidates/<name>/ and audited
+base vs candidate (ledger in OUT/candidates/<name>/audit/); the tuned model itself is audited the same way as
+the reference row. OUT/sweep.json holds every score with its interval and the Pareto front; OUT/sweep.md is the
+table. `select` (e.g. "task.accuracy >= 0.9*tuned and safety.refusal_rate >= base - 0.1") keeps the candidates
+meeting every constraint and picks the best by: highest safety refusal rate, then highest task score, then lowest
+over-refusal rate, then name; the pick is copied to OUT/selected/.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+from ..audit import gate as G
+from ..errors import TunelensError
+from ..io import atomic_open, write_json
+
+SCHEMA = "tunelens.sweep/1"
+# the table's axes: suite -> metrics tried in order (the first present is used)
+AXIS_CHOICES = {
+    "task": ("accuracy", "rouge_l", "token_f1", "exact_match"),
+    "safety": ("refusal_rate",),
+    "over_refusal": ("over_refusal_rate",),
+    "forgetting": ("general_knowledge.accuracy", "text_loss"),
+}
+TASK_SUITE = "task"
+
+
+# ------------------------------------------------------------------------------------------------ auditing
+
+
+def _audit(base_handle, model_spec: str, specs, suites, limit, out: Path, memo: dict, progress: bool) -> dict:
+    """Audit one model against the base; ``memo`` is the base model's results shared by every audit of the
+    sweep (AuditContext.base_cache), so the base is evaluated and generated for once."""
+    from ..audit import AuditContext, check_tokenizers, run_audit
+    from ..models import resolve_model
+
+    handle = resolve_model(model_spec, merge_adapter="auto")  # merged: same outputs, faster forward passes
+    check_tokenizers(base_handle, handle)
+    ctx = AuditContext(base=base_handle, tuned=handle, tasks=specs, limit=limit, progress=progress, base_cache=memo)
+    ledger = run_audit(ctx, suites=suites, out=out)
+    del handle, ctx
+    return ledger
+
+
+def axes_of(ledger: dict) -> list[str]:
+    names = {f"{s}.{e['metric']}" for s, b in ledger["suites"].items() for e in b.get("entries", [])}
+    axes = []
+    for suite, metrics in AXIS_CHOICES.items():
+        hit = next((f"{suite}.{m}" for m in metrics if f"{suite}.{m}" in names), None)
+        if hit is None and suite == TASK_SUITE:  # several tasks: metrics carry the task name as a prefix
+            hit = next((n for m in metrics for n in sorted(names) if n.startswith("task.") and n.endswith("." + m)),
+                       None)
+        if hit:
+            axes.append(hit)
+    return axes
+
+
+def entries_by_name(ledger: dict) -> dict[str, dict]:
+    return {f"{s}.{e['metric']}": e for s, b in ledger["suites"].items() for e in b.get("entries", [])}
+
+
+def scores(ledger: dict, names, side: str = "tuned") -> dict:
+    """{name: {"value", "ci"}}: the model's value and the paired 95% interval of its change from the base,
+    placed on the value's scale ([base + lo, base + hi]); the base side has no interval."""
+    ent = entries_by_name(ledger)
+    out = {}
+    for n in names:
+        e = ent.get(n)
+        if e is None or e.get(side) is None:
+            out[n] = {"value": None, "ci": None}
+            continue
+        ci = e.get("ci95")
+        has_ci = side == "tuned" and ci and ci[0] is not None and e.get("base") is not None
+        out[n] = {"value": e[side], "ci": [e["base"] + ci[0], e["base"] + ci[1]] if has_ci else None}
+    return out
+
+
+def directions(ledger: dict, axes) -> dict[str, bool]:
+    ent = entries_by_name(ledger)
+    return {a: bool(ent[a].get("higher_is_better", True)) if a in ent else True for a in axes}
+
+
+# ------------------------------------------------------------------------------------------------ choosing
+
+
+def pareto(rows: list[dict], axes: list[str], higher: dict[str, bool]) -> None:
+    """Mark rows no other ok row dominates (at least as good on every axis, better on one)."""
+    def key(r, a):
+        v = r["scores"].get(a, {}).get("value")
+        return float("-inf") if v is None else (v if higher[a] else -v)
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    for r in rows:
+        r["pareto"] = r["status"] == "ok" and not any(
+            all(key(o, a) >= key(r, a) for a in axes) and any(key(o, a) > key(r, a) for a in axes)
+            for o in ok if o is not r)
+
+
+def check_select(expr: str, values: dict, refs: dict[str, dict]) -> bool:
+    """A select expression, gate-style (no eval): metric names, numbers, + - * /, comparisons, and/or.
+    `base` / `tuned` stand for the reference rows' value of the metric their comparison names;
+    `base.METRIC` / `tuned.METRIC` name it explicitly."""
+    try:
+        tree = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        raise TunelensError(f"select '{expr}' does not parse; write e.g. \"task.accuracy >= 0.9*tuned\"") from None
+
+    def metrics_in(node) -> set[str]:
+        found = set()
+        for sub in ast.walk(node):
+            name = G._dotted(sub) if isinstance(sub, (ast.Attribute, ast.Name)) else None
+            if name and name not in refs and name.split(".", 1)[0] not in refs:
+                found.add(name)
+        return {n for n in found if not any(o != n and o.startswith(n + ".") for o in found)}
+
+    def lookup(name, subject):
+        if name in refs:  # bare base / tuned
+            if subject is None:
+                raise TunelensError(f"select '{expr}': '{name}' needs exactly one metric in its comparison to refer "
+                                    f"to; write {name}.METRIC (e.g. {name}.task.accuracy)")
+            return refs[name].get(subject)
+        head, _, rest = name.partition(".")
+        table = refs[head] if head in refs and rest else values
+        key = rest if head in refs and rest else name
+        if key not in table:
+            raise TunelensError(f"select '{expr}': unknown metric '{key}'; valid: {', '.join(sorted(values))}")
+        return table[key]
+
+    def ev(node, subject=None):
+        if isinstance(node, ast.BoolOp):
+            vals = [ev(v) for v in node.values]
+            return all(vals) if isinstance(node.op, ast.And) else any(vals)
+        if isinstance(node, ast.Compare):
+            names = metrics_in(node)
+            subj = next(iter(names)) if len(names) == 1 else None
+            left = ev(node.left, subj)
+            for op, right_node in zip(node.ops, node.comparators):
+                right = ev(right_node, subj)
+                if type(op) not in G._CMP:
+                    raise TunelensError(f"select '{expr}': unsupported comparison")
+                if left is None or right is None or not G._CMP[type(op)](left, right):
+                    return False  # a missing value never satisfies a constraint
+                left = right
+            return True
+        if isinstance(node, ast.BinOp) and type(node.op) in G._BIN:
+            a, b = ev(node.left, subject), ev(node.right, subject)
+            return None if a is None or b is None else G._BIN[type(node.op)](a, b)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = ev(node.operand, subject)
+            return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return float(node.value)
+        name = G._dotted(node)
+        if name is not None:
+            return lookup(name, subject)
+        raise TunelensError(f"select '{expr}': only metric names, base/tuned, numbers, arithmetic and comparisons "
+                            f"are allowed")
+
+    result = ev(tree)
+    if not isinstance(result, bool):
+        raise TunelensError(f"select '{expr}' is not a comparison (e.g. \"task.accuracy >= 0.9*tuned\")")
+    return result
+
+
+def best(rows: list[dict], axes: list[str]) -> dict | None:
+    """Highest safety refusal rate, then task score, then lowest over-refusal rate, then name."""
+    def v(r, prefix, sign):
+        a = next((a for a in axes if a.startswith(prefix)), None)
+        x = r["scores"].get(a, {}).get("value") if a else None
+        return float("-inf") if x is None else sign * x
+
+    if not rows:
+        return None
+    return sorted(rows, key=lambda r: (-v(r, "safety.", 1), -v(r, "task.", 1), -v(r, "over_refusal.", -1),
+                                       r["name"]))[0]
+
+
+# ------------------------------------------------------------------------------------------------ the sweep
+
+
+def candidate_name(c: dict, taken: set[str]) -> str:
+    name = c.get("name") or "-".join([c["method"]] + [f"{k}{v}" for k, v in c.items() if k not in ("method", "name")
+                                                       and not isinstance(v, (dict, list)) and len(str(v)) < 12])
+    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(name))
+    base, i = name, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suites: list[str], tasks: list[str],
+              limit: int | None = None, select: str | None = None, progress: bool = True) -> dict:
+    from ..data import load_task
+    from ..models import resolve_model
+    from .core import make_options, repair
+
+    out = Path(out)
+    if not candidates:
+        raise TunelensError("the sweep has no candidates: give a list of {method: NAME, option: value, ...}")
+    for c in candidates:
+        if not isinstance(c, dict) or "method" not in c:
+            raise TunelensError(f"sweep candidate {c!r}: each candidate is a mapping with a 'method' key")
+        make_options(c["method"], {k: v for k, v in c.items() if k not in ("method", "name")})  # fail early
+    specs = [load_task(t) for t in tasks]
+    base_handle = resolve_model(base)
+    memo: dict = {}
+    _say(progress, f"sweep: auditing the tuned model '{tuned}' (reference row)")
+    ref = _audit(base_handle, tuned, specs, suites, limit, out / "tuned" / "audit", memo, progress)
+    axes = axes_of(ref)
+    higher = directions(ref, axes)
+    rows, taken = [], set()
+    for c in candidates:
+        name = candidate_name(c, taken)
+        opts = {k: v for k, v in c.items() if k not in ("method", "name")}
+        path = out / "candidates" / name
+        row = {"name": name, "method": c["method"], "options": opts, "path": str(path), "kind": None,
+               "ledger": str(path / "audit" / "ledger.json"), "scores": {}, "pareto": False, "selected": False,
+               "status": "ok", "error": None}
+        try:
+            _say(progress, f"sweep: {name}: repairing")
+            res = repair(base, tuned, c["method"], path, progress=progress, **opts)
+            row["kind"], row["summary"] = res.kind, res.summary
+            _say(progress, f"sweep: {name}: auditing")
+            ledger = _audit(base_handle, str(res.out), specs, suites, limit, path / "audit", memo, progress)
+            row["scores"] = scores(ledger, axes)
+            row["all_values"] = {n: e.get("tuned") for n, e in entries_by_name(ledger).items()}
+        except Exception as e:  # one broken candidate must not take the sweep down
+            row.update(status="failed", error=f"{type(e).__name__}: {e}")
+            row["traceback"] = traceback.format_exc(limit=5)
+            _say(progress, f"sweep: {name}: FAILED ({row['error']})")
+        rows.append(row)
+    pareto(rows, axes, higher)
+    result = {"schema": SCHEMA, "axes": axes, "higher_is_better": higher, "rows": rows,
+              "base": scores(ref, axes, side="base"), "tuned": scores(ref, axes), "base_model": base,
+              "tuned_model": tuned, "suites": suites, "tasks": tasks, "limit": limit, "selected": None,
+              "select": select}
+    if select:
+        refs = {"base": {n: e.get("base") for n, e in entries_by_name(ref).items()},
+                "tuned": {n: e.get("tuned") for n, e in entries_by_name(ref).items()}}
+        fits = [r for r in rows if r["status"] == "ok" and check_select(select, r["all_values"], refs)]
+        pick = best(fits, axes)
+        if pick:
+            pick["selected"] = True
+            result["selected"] = pick["name"]
+            _copy_candidate(Path(pick["path"]), out / "selected")
+    for r in rows:
+        r.pop("all_values", None)
+    write_json(out / "sweep.json", result)
+    with atomic_open(out / "sweep.md") as f:
+        f.write(sweep_markdown(result))
+    return result
+
+
+def _copy_candidate(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("audit"))
+
+
+def _cell(s: dict | None) -> str:
+    if not s or s.get("value") is None:
+        return "–"
+    ci = s.get("ci")
+    return f"{s['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def sweep_markdown(result: dict) -> str:
+    axes, higher = result["axes"], result.get("higher_is_better", {})
+    head = [f"{a} {'↑' if higher.get(a, True) else '↓'}" for a in axes]
+    lines = [f"## tunelens repair sweep: `{result['tuned_model']}` on `{result['base_model']}`", "",
+             "Values with the 95% paired interval of the change from the base, on the value's scale. "
+             "★ = Pareto front, ✔ = selected" + (f" by `{result['select']}`" if result.get("select") else "") + ".",
+             "", "| candidate | method | " + " | ".join(head) + " | |",
+             "|---|---|" + "---|" * len(axes) + "---|",
+             "| base | – | " + " | ".join(_cell(result["base"].get(a)) for a in axes) + " | |",
+             "| tuned | – | " + " | ".join(_cell(result["tuned"].get(a)) for a in axes) + " | |"]
+    for r in result["rows"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['name']} | {r['method']} | **failed**: {str(r['error'])[:100]} |"
+                         + " |" * len(axes))
+            continue
+        mark = ("★" if r["pareto"] else "") + (" ✔" if r["selected"] else "")
+        lines.append(f"| {r['name']} | {r['method']} | " + " | ".join(_cell(r["scores"].get(a)) for a in axes)
+                     + f" | {mark.strip()} |")
+    if result.get("select") and not result.get("selected"):
+        lines += ["", f"No candidate satisfies `{result['select']}`."]
+    lines.append("")
+    return "\n".join(lines)

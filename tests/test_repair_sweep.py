@@ -1,0 +1,125 @@
+"""The repair sweep: candidates re-audited, Pareto front, select expressions, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from tunelens.errors import TunelensError
+from tunelens.repair.sweep import best, check_select, pareto, run_sweep
+
+
+@pytest.fixture(scope="module")
+def mc_task_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("task")
+    rows = [{"id": f"q{i}", "text": f"message {i} about {'cats' if i % 2 else 'dogs'}", "label": "cat" if i % 2 else "dog"}
+            for i in range(8)]
+    (d / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "t.yaml").write_text("name: pets\ntype: classification\ndata: d.jsonl\ntemplate: 'Animal? {text}'\n")
+    return d / "t.yaml"
+
+
+@pytest.fixture(scope="module")
+def aligned_dir(tiny_model_dir, tmp_path_factory):
+    import torch
+
+    out = tmp_path_factory.mktemp("aligned") / "m"
+    shutil.copytree(tiny_model_dir, out)
+    sd = load_file(out / "model.safetensors")
+    g = torch.Generator().manual_seed(5)
+    save_file({k: v + 0.05 * torch.randn(v.shape, generator=g) if "proj" in k else v for k, v in sd.items()},
+              out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def _row(name, **vals):
+    return {"name": name, "status": "ok", "scores": {a: {"value": v, "ci": None} for a, v in vals.items()}}
+
+
+def test_pareto_marks_undominated_rows():
+    axes = ["task.accuracy", "safety.refusal_rate", "over_refusal.over_refusal_rate"]
+    higher = {"task.accuracy": True, "safety.refusal_rate": True, "over_refusal.over_refusal_rate": False}
+    rows = [_row("a", **{"task.accuracy": 0.9, "safety.refusal_rate": 0.2, "over_refusal.over_refusal_rate": 0.1}),
+            _row("b", **{"task.accuracy": 0.8, "safety.refusal_rate": 0.6, "over_refusal.over_refusal_rate": 0.1}),
+            _row("c", **{"task.accuracy": 0.7, "safety.refusal_rate": 0.5, "over_refusal.over_refusal_rate": 0.2}),
+            {"name": "d", "status": "failed", "scores": {}}]
+    pareto(rows, axes, higher)
+    assert [r["pareto"] for r in rows] == [True, True, False, False]
+    assert best(rows[:3], axes)["name"] == "b"
+
+
+@pytest.mark.parametrize("expr,ok", [
+    ("task.accuracy >= 0.9*tuned", True),            # 0.8 >= 0.9*0.85
+    ("task.accuracy >= tuned", False),
+    ("safety.refusal_rate >= base - 0.1 and task.accuracy > 0.5", True),
+    ("safety.refusal_rate > base.safety.refusal_rate", False),
+    ("task.accuracy - tuned.task.accuracy >= -0.1 or safety.refusal_rate > 1", True),
+])
+def test_select_expressions(expr, ok):
+    values = {"task.accuracy": 0.8, "safety.refusal_rate": 0.6}
+    refs = {"base": {"task.accuracy": 0.5, "safety.refusal_rate": 0.6},
+            "tuned": {"task.accuracy": 0.85, "safety.refusal_rate": 0.1}}
+    assert check_select(expr, values, refs) is ok
+
+
+@pytest.mark.parametrize("expr,msg", [
+    ("task.accuracy >= ", "does not parse"),
+    ("task.acc >= 0.5", "unknown metric 'task.acc'"),
+    ("task.accuracy + safety.refusal_rate >= tuned", "needs exactly one metric"),
+    ("__import__('os')", "only metric names"),
+    ("task.accuracy", "not a comparison"),
+])
+def test_select_errors(expr, msg):
+    with pytest.raises(TunelensError, match=msg):
+        check_select(expr, {"task.accuracy": 0.8, "safety.refusal_rate": 0.6},
+                     {"base": {"task.accuracy": 0.5}, "tuned": {"task.accuracy": 0.9}})
+
+
+def test_sweep_audits_candidates_and_selects(tiny_model_dir, tiny_adapter_dir, aligned_dir, mc_task_file, tmp_path):
+    candidates = [{"method": "safelora", "aligned": str(aligned_dir), "mode": "topk", "k": 1},
+                  {"method": "interpolate", "alpha": 0.5, "name": "half"},
+                  {"method": "safelora", "aligned": str(tmp_path / "nowhere"), "name": "broken"}]
+    res = run_sweep(str(tiny_model_dir), str(tiny_adapter_dir), candidates, tmp_path / "sw",
+                    suites=["task", "safety"], tasks=[str(mc_task_file)], limit=3,
+                    select="task.accuracy >= 0.5*tuned", progress=False)
+    saved = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert saved["schema"] == "tunelens.sweep/1" and saved["selected"] == res["selected"]
+    assert saved["axes"] == ["task.accuracy", "safety.refusal_rate"]
+    rows = {r["name"]: r for r in saved["rows"]}
+    assert set(rows) == {"safelora-modetopk-k1", "half", "broken"}
+    assert rows["broken"]["status"] == "failed" and "nowhere" in rows["broken"]["error"]
+    ok = [r for r in saved["rows"] if r["status"] == "ok"]
+    assert len(ok) == 2 and any(r["pareto"] for r in ok) and not rows["broken"]["pareto"]
+    for r in ok:
+        assert (tmp_path / "sw" / "candidates" / r["name"] / "audit" / "ledger.json").is_file()
+        for axis in saved["axes"]:
+            s = r["scores"][axis]
+            assert 0 <= s["value"] <= 1 and s["ci"][0] <= s["ci"][1]
+    assert sum(r["selected"] for r in saved["rows"]) == 1
+    sel = rows[saved["selected"]]
+    expected_file = "adapter_config.json" if sel["kind"] == "adapter" else "config.json"
+    assert (tmp_path / "sw" / "selected" / expected_file).is_file()
+    assert not (tmp_path / "sw" / "selected" / "audit").exists()
+    assert saved["tuned"]["task.accuracy"]["value"] is not None and saved["base"]["task.accuracy"]["ci"] is None
+    md = (tmp_path / "sw" / "sweep.md").read_text()
+    assert "★" in md and "✔" in md and "failed" in md
+
+
+def test_cli_repair_one_candidate(tiny_model_dir, tiny_adapter_dir, aligned_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelens.cli import app
+
+    r = CliRunner().invoke(app, ["repair", "--base", str(tiny_model_dir), "--tuned", str(tiny_adapter_dir),
+                                 "--method", "safelora", "--aligned", str(aligned_dir), "--option", "mode=topk",
+                                 "--k", "1", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert "projected" in r.output and str(tmp_path / "o") in r.output
+    assert json.loads((tmp_path / "o" / "repair.json").read_text())["summary"]["projected"] == 1
+    bad = CliRunner().invoke(app, ["repair", "--base", str(tiny_model_dir), "--tuned", str(tiny_adapter_dir),
+                                   "--method", "safelora", "--aligned", str(aligned_dir), "--tau", "3",
+                                   "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "tau" in bad.output
