@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: quickstart test install install-dev bench clean
+.PHONY: quickstart test install install-dev bench bench-quickstart clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,8 +27,12 @@ $(DEVSTAMP): $(STAMP)
 install: $(STAMP)
 install-dev: $(DEVSTAMP)
 
+# the whole pipeline on the default model (examples/quickstart.yaml); prints where report.html is
 quickstart: $(STAMP)
 	$(BIN)/tunelens quickstart
+
+bench-quickstart: $(STAMP)
+	bench/quickstart.sh
 
 test: $(DEVSTAMP)
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,373 @@
+"""report.html: one self-contained page (inline CSS, plots as data URIs, no scripts, no network)."""
+
+from __future__ import annotations
+
+from html import escape
+
+import numpy as np
+
+from . import content as C
+from . import plots
+from .load import RunData
+
+SECTIONS = [("verdict", "Verdict"), ("stages", "Run stages"), ("gains-costs", "Gains and costs per suite"),
+            ("flips", "Flips: what changed item by item"), ("safety", "Safety by category"),
+            ("heatmap", "Where the update is: layer × module"), ("graft", "Graft curve: gain recovered vs sparsity"),
+            ("repair", "Repair trade-off"), ("learning-curve", "Learning curve")]
+SECTION_IDS = [s for s, _ in SECTIONS]
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;
+color:#1a1a1a;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+.sub{color:#555;margin-top:0}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right;vertical-align:top}
+th{background:#f2f2f2}td.l,th.l{text-align:left}
+.gain{color:#0072B2;font-weight:600}.cost{color:#D55E00;font-weight:600}
+.badge{display:inline-block;padding:.2em .7em;border-radius:4px;font-weight:700;color:#fff}
+.pass{background:#009E73}.fail{background:#D55E00}.none{background:#7f7f7f}
+.missing{background:#fff4e0;border-left:4px solid #E69F00;padding:.5em .8em}
+img{max-width:100%;height:auto;display:block;margin:.6em 0}
+.flip{border:1px solid #ccc;border-radius:4px;margin:.8em 0;padding:.5em .8em;break-inside:avoid}
+.flip .cols{display:grid;grid-template-columns:1fr 1fr;gap:.8em}
+pre{white-space:pre-wrap;word-break:break-word;background:#f7f7f7;padding:.4em .6em;margin:.3em 0;font-size:.85em}
+.muted{color:#666;font-size:.9em}
+@media print{body{max-width:none;margin:0}h2{break-after:avoid}img,table{break-inside:avoid}}
+"""
+
+
+def render_html(data: RunData) -> str:
+    body = [_header(data)] + [f'<section id="{sid}">\n<h2>{escape(title)}</h2>\n{_SECTION_BODIES[sid](data)}\n'
+                              "</section>" for sid, title in SECTIONS]
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            "<link rel=\"icon\" href=\"data:,\">\n"  # no favicon request
+            f"<title>{escape(title_of(data))}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def title_of(data: RunData) -> str:
+    led = data.ledger or {}
+    if led.get("tuned") and led.get("base"):
+        return f"tunelens report: {_short(led['tuned'].get('name'))} vs {_short(led['base'].get('name'))}"
+    return f"tunelens report: {data.root.name}"
+
+
+def _short(name) -> str:
+    """A model's name without its folder path (the full paths are in the ledger)."""
+    s = str(name)
+    return s.rstrip("/").rsplit("/", 1)[-1] if s.startswith(("/", "./", "../")) else s
+
+
+def _header(data: RunData) -> str:
+    led = data.ledger or {}
+    bits = [f"folder <code>{escape(str(data.root))}</code>"]
+    when = (data.run or {}).get("finished") or (data.run or {}).get("started") or led.get("created")
+    if when:
+        bits.append(f"{'run' if data.kind == 'run' else 'audit'} of {escape(str(when))}")
+    if led.get("tasks"):
+        bits.append("tasks: " + escape(", ".join(map(str, led["tasks"]))))
+    return f"<h1>{escape(title_of(data))}</h1>\n<p class=\"sub\">{' · '.join(bits)}</p>"
+
+
+def _missing(why: str | None) -> str:
+    return f'<p class="missing">Not available: {escape(why or "no data")}</p>'
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<img src="{uri}" alt="{escape(alt)}">'
+
+
+def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """rows hold already-escaped HTML cells; the first `left` columns are left-aligned."""
+    th = "".join(f'<th class="l">{h}</th>' if i < left else f"<th>{h}</th>" for i, h in enumerate(head))
+    trs = "".join("<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>"
+                                   for i, c in enumerate(r)) + "</tr>\n" for r in rows)
+    return f"<table>\n<tr>{th}</tr>\n{trs}</table>"
+
+
+# ----------------------------------------------------------------------------------------------------- sections
+
+def _verdict(data: RunData) -> str:
+    out = []
+    gates = C.gate_results(data)
+    if gates:
+        failed = [g for g in gates if not g.passed]
+        cls, word = ("fail", "GATE FAILED") if failed else ("pass", "GATE PASSED")
+        out.append(f'<p><span class="badge {cls}">{word}</span> {len(gates) - len(failed)} of {len(gates)} '
+                   "gate expressions passed.</p>")
+        items = [f"<li><code>{escape(g.expr)}</code>: "
+                 + ('<span class="cost">failed</span>' if g.passed is False else
+                    '<span class="gain">passed</span>' if g.passed else f'<span class="cost">error</span> '
+                    f"{escape(g.error or '')}") + "</li>" for g in sorted(gates, key=lambda g: bool(g.passed))]
+        out.append("<ul>" + "".join(items) + "</ul>")
+    else:
+        out.append('<p><span class="badge none">NO GATE</span> no gate expressions were configured; '
+                   "the changes below are judged by their 95% intervals only.</p>")
+    if data.ledger is None:
+        out.append(_missing(data.stages["audit"].why))
+    else:
+        gains, costs = C.ranked_changes(data.ledger)
+        for label, changes, cls in (("Largest gains", gains, "gain"), ("Largest costs", costs, "cost")):
+            out.append(f"<h3>{label}</h3>")
+            out.append("<ol>" + "".join(_change_li(c, cls) for c in changes) + "</ol>" if changes
+                       else f"<p class=\"muted\">none measured with an interval.</p>")
+        out.append('<p class="muted">Ranked by |Δ| relative to the half-width of its 95% interval; '
+                   "“n.s.” marks an interval that includes zero.</p>")
+    sel = _selected_line(data)
+    if sel:
+        out.append(f"<p>{sel}</p>")
+    if data.problems:
+        out.append("<ul class=\"muted\">" + "".join(f"<li>{escape(p)}</li>" for p in data.problems) + "</ul>")
+    return "\n".join(out)
+
+
+def _change_li(c: C.Change, cls: str) -> str:
+    e = c.entry
+    sig = "" if c.significant else " <span class=\"muted\">(n.s.)</span>"
+    z = "∞" if c.z == float("inf") else f"{c.z:.1f}"
+    return (f"<li><span class=\"{cls}\">{escape(c.suite)} · {escape(c.metric)}</span>: {C.fmt(e['base'])} → "
+            f"{C.fmt(e['tuned'])} (Δ {C.fmt(e['delta'], True)}, 95% CI {C.fmt_ci(C.ci_of(e))}, "
+            f"{z}× its half-width){sig}</li>")
+
+
+def _selected_line(data: RunData) -> str | None:
+    sw = data.sweep
+    if not sw or not sw.get("selected"):
+        return None
+    row = next((r for r in sw.get("rows") or [] if r.get("name") == sw["selected"]), {})
+    parts = [f"{escape(a)} {C.fmt((row.get('scores') or {}).get(a, {}).get('value'))}"
+             f" (tuned {C.fmt((sw.get('tuned') or {}).get(a, {}).get('value'))})" for a in sw.get("axes") or []]
+    rule = f" by <code>{escape(sw['select'])}</code>" if sw.get("select") else ""
+    return f"Repair selected <b>{escape(sw['selected'])}</b>{rule}: " + "; ".join(parts) + "."
+
+
+def _stages(data: RunData) -> str:
+    if data.kind == "audit":
+        return "<p>A stand-alone audit folder: only the audit's sections are filled.</p>"
+    order = (data.run or {}).get("order") or list(data.stages)
+    rows = []
+    for name in order:
+        st = data.stages.get(name)
+        info = ((data.run or {}).get("stages") or {}).get(name) or {}
+        if st is None:
+            st_status, secs, folder, why = info.get("status", "absent"), info.get("seconds"), info.get("dir"), \
+                info.get("error") or info.get("note")
+        else:
+            st_status, secs, folder, why = st.status, st.seconds, info.get("dir"), st.why
+        rows.append([escape(name), escape(st_status), "–" if secs is None else f"{secs:.1f}",
+                     f"<code>{escape(str(folder))}</code>" if folder else "–", escape(why or "")])
+    out = _table(["stage", "status", "seconds", "folder", "notes"], rows)
+    if (data.run or {}).get("config_path"):
+        out += f"<p class=\"muted\">config: <code>{escape(str(data.run['config_path']))}</code></p>"
+    return out
+
+
+def _gains_costs(data: RunData) -> str:
+    if data.ledger is None:
+        return _missing(data.stages["audit"].why)
+    out = []
+    for suite, block in (data.ledger.get("suites") or {}).items():
+        out.append(f"<h3>{escape(suite)}</h3>")
+        if block.get("status") != "ok":
+            out.append(_missing(f"the {suite} suite failed: {block.get('error')}"))
+            continue
+        if block.get("description"):
+            out.append(f"<p class=\"muted\">{escape(block['description'])}</p>")
+        entries = [e for e in block.get("entries") or [] if e.get("delta") is not None]
+        if not entries:
+            out.append("<p class=\"muted\">no metrics" + "".join(f"; {escape(n)}" for n in block.get("notes") or [])
+                       + "</p>")
+            continue
+        dirs = [C.direction(e) for e in entries]
+        plotted = [(e, d) for e, d in zip(entries, dirs) if C.ci_of(e)]
+        if plotted:
+            out.append(_img(plots.forest([e for e, _ in plotted], f"{suite}: Δ with 95% CI", [d for _, d in plotted]),
+                            f"{suite}: deltas with 95% intervals"))
+        rows = [[escape(e["metric"]), C.fmt(e.get("base")), C.fmt(e.get("tuned")), C.fmt(e["delta"], True),
+                 C.fmt_ci(C.ci_of(e)), escape(str(e.get("n", ""))), "↑" if e.get("higher_is_better", True) else "↓",
+                 f'<span class="{d}">{d}</span>' if d else ""] for e, d in zip(entries, dirs)]
+        out.append(_table(["metric", "base", "tuned", "Δ", "95% CI", "n", "better", ""], rows))
+    return "\n".join(out)
+
+
+def _flips(data: RunData) -> str:
+    if data.ledger is None:
+        return _missing(data.stages["audit"].why)
+    matrix = C.flip_matrix(data.records)
+    if not matrix:
+        return _missing("the audit saved no per-item records of the task, safety, over-refusal, forgetting or "
+                        "context suites (items/*.jsonl)")
+    rows = [[escape(c["group"]), str(c["n"]), str(c["rr"]), f'<span class="cost">{c["rw"]}</span>',
+             f'<span class="gain">{c["wr"]}</span>', str(c["ww"])] for c in matrix]
+    out = ["<p>Each item scored right or wrong by both models (safety: refused; over-refusal: answered; "
+           f"generations: token F1 ≥ {C.GEN_RIGHT}).</p>",
+           _table(["suite / task", "n", "base ✓ tuned ✓", "base ✓ tuned ✗ (lost)", "base ✗ tuned ✓ (won)",
+                   "base ✗ tuned ✗"], rows),
+           "<h3>Worst flips</h3>"]
+    flips = C.worst_flips(data.records)
+    if not flips:
+        out.append("<p>No item went from right to wrong.</p>")
+    for f in flips:
+        out.append(f'<div class="flip"><b>{escape(f.suite)}</b> · <code>{escape(f.id)}</code> · {escape(f.note)}'
+                   f"<div class=\"muted\">prompt</div><pre>{escape(_clip(f.prompt, 800, tail=True))}</pre>"
+                   f'<div class="cols"><div><div class="muted">base</div><pre>{escape(_clip(f.base, 600))}</pre></div>'
+                   f'<div><div class="muted">tuned</div><pre>{escape(_clip(f.tuned, 600))}</pre></div></div></div>')
+    return "\n".join(out)
+
+
+def _clip(text: str, n: int, tail: bool = False) -> str:
+    if len(text) <= n:
+        return text
+    return "…" + text[-n:] if tail else text[:n] + "…"
+
+
+def _safety(data: RunData) -> str:
+    if data.ledger is None:
+        return _missing(data.stages["audit"].why)
+    block = (data.ledger.get("suites") or {}).get("safety")
+    if block is None:
+        return _missing("the audit did not run the safety suite")
+    if block.get("status") != "ok":
+        return _missing(f"the safety suite failed: {block.get('error')}")
+    rows = C.safety_categories(data)
+    if not rows:
+        return _missing("the safety suite recorded no per-category refusal rates")
+    table = _table(["category", "n", "base refusal", "tuned refusal", "Δ", "95% CI"],
+                   [[escape(r["category"]), escape(str(r["n"])), C.fmt(r["base"]), C.fmt(r["tuned"]),
+                     C.fmt(r["delta"], True), C.fmt_ci(r["ci"])] for r in rows])
+    return _img(plots.safety_bars(rows), "refusal rate by category, base vs tuned") + table
+
+
+def _heatmap(data: RunData) -> str:
+    heat = data.heatmap
+    if heat is None:
+        return _missing(data.stages["diff"].why)
+    if not heat["layers"] or not heat["modules"]:
+        return _missing("the diff found no per-layer tensors to place on the grid")
+    out = [_img(plots.heatmap(heat), "layer by module heatmap of the update's relative size")]
+    s = (data.diff or {}).get("summary") or {}
+    if s:
+        frac = s.get("frac_changed_abs")
+        out.append(f"<p>{escape(str(s.get('n_tensors', '?')))} tensors compared; overall ‖ΔW‖_F/‖W‖_F = "
+                   f"{C.fmt(s.get('rel_fro'), digits=4)}; entries changed beyond the tolerance: "
+                   f"{C.fmt(None if frac is None else 100 * frac, digits=2)}%.</p>")
+    flat = [(heat["layers"][i], heat["modules"][j], v) for i, line in enumerate(heat["values"])
+            for j, v in enumerate(line) if v]
+    top = sorted(flat, key=lambda t: -t[2])[:5]
+    if top:
+        out.append("<p>Largest relative updates: " + ", ".join(f"layer {escape(str(l))} {escape(m)} ({v:.3g})"
+                                                               for l, m, v in top) + ".</p>")
+    return "\n".join(out)
+
+
+def _graft(data: RunData) -> str:
+    g = data.graft
+    if g is None:
+        return _missing(data.stages["graft"].why)
+    rows = g.get("results") or []
+    if not rows:
+        return _missing("graft.json has no results")
+    metric = g.get("metric", "score")
+    task = (g.get("task") or {}).get("name", "")
+    table = _table(["sparsity", "entries kept", f"base {escape(metric)}", f"tuned {escape(metric)}",
+                    f"graft {escape(metric)}", "gain recovered", "ECE graft"],
+                   [[f"{r['sparsity']:g}", escape(str(r.get("kept", "–"))), C.fmt(r["score"].get("base")),
+                     C.fmt(r["score"].get("tuned")), C.fmt(r["score"].get("graft")), C.fmt(r.get("gain_recovered")),
+                     C.fmt((r.get("ece") or {}).get("graft"))] for r in rows])
+    note = ("" if any(r.get("gain_recovered") is not None for r in rows) else
+            "<p class=\"muted\">Gain recovered is undefined here: base and tuned score the same on this task.</p>")
+    return (f"<p>Task <b>{escape(task)}</b>: grafting only the top fraction of fine-tuned entries onto the base "
+            "(mask optimised on the task loss).</p>" + note + _img(plots.graft_curve(rows, metric), "graft curve")
+            + table)
+
+
+def _repair(data: RunData) -> str:
+    sw = data.sweep
+    if sw is None:
+        return _missing(data.stages["repair"].why)
+    axes = sw.get("axes") or []
+    x, y = C.tradeoff_axes(sw)
+    out = []
+    if x and y:
+        out.append(_img(plots.tradeoff(sw, x, y), "repair trade-off chart"))
+    else:
+        out.append(_missing(f"the sweep has fewer than two axes ({', '.join(axes) or 'none'})"))
+    if sw.get("select"):
+        out.append(f"<p>Selection rule: <code>{escape(sw['select'])}</code>; selected: "
+                   f"<b>{escape(str(sw.get('selected') or 'none'))}</b>.</p>")
+    rows = []
+    for name, ref in (("base", sw.get("base")), ("tuned", sw.get("tuned"))):
+        if ref:
+            rows.append([f"<i>{name}</i>", "–", "–"] + [_score_cell(ref.get(a)) for a in axes] + ["", ""])
+    for r in sw.get("rows") or []:
+        status = r.get("status", "ok")
+        flags = " ".join(x for x in (("Pareto" if r.get("pareto") else ""), ("★ selected" if r.get("selected") else "")) if x)
+        rows.append([escape(str(r.get("name"))), escape(str(r.get("method", ""))),
+                     escape(_options(r.get("options")))]
+                    + [_score_cell((r.get("scores") or {}).get(a)) for a in axes]
+                    + [escape(flags), escape(status if status == "ok" else f"failed: {r.get('error')}")])
+    out.append(_table(["candidate", "method", "options"] + [escape(a) for a in axes] + ["", "status"], rows, left=3))
+    return "\n".join(out)
+
+
+def _score_cell(s) -> str:
+    if not s:
+        return "–"
+    return C.fmt(s.get("value")) + (f" <span class=\"muted\">{C.fmt_ci(s.get('ci'), False)}</span>" if s.get("ci") else "")
+
+
+def _options(opts) -> str:
+    if not opts:
+        return ""
+    return ", ".join(f"{k}={v}" for k, v in opts.items()) if isinstance(opts, dict) else str(opts)
+
+
+def _learning(data: RunData) -> str:
+    if not data.train_log and not data.curve:
+        why = data.stages["tune"].why
+        return _missing(why or "the tune stage wrote no training log (train_log.jsonl) and no learning curve")
+    out = []
+    if data.train_log:
+        first, last = data.train_log[0], data.train_log[-1]
+        out.append(_img(plots.train_loss(data.train_log), "training loss by step"))
+        out.append(f"<p>Training loss {first['loss']:.3f} at step {first['step']} → {last['loss']:.3f} at step "
+                   f"{last['step']} ({len(data.train_log)} logged steps).</p>")
+    pts = curve_points(data.curve)
+    if pts:
+        metric = (data.curve or {}).get("metric", "score")
+        out.append(_img(plots.learning_curve(pts, metric, curve_fit_xy(data.curve, pts)), "learning curve"))
+        out.append(_table(["training examples", escape(metric)], [[str(int(n)), C.fmt(s)] for n, s in pts]))
+        pred = (data.curve or {}).get("predicted")
+        if pred:
+            out.append(f"<p>Fitted law predicts {escape(metric)} {C.fmt(pred.get('2x'))} at 2× the data and "
+                       f"{C.fmt(pred.get('4x'))} at 4×.</p>")
+    elif data.train_log:
+        out.append("<p class=\"muted\">No learning curve (curve.json) was run; only the training loss is shown.</p>")
+    return "\n".join(out)
+
+
+def curve_points(curve: dict | None) -> list[tuple[float, float]]:
+    """(examples, score) pairs from curve.json: `points` as `tunelens curve` writes it, or `sizes`/`scores`."""
+    if not curve:
+        return []
+    if curve.get("points"):
+        return [(p["examples"], p["score"]) for p in curve["points"] if p.get("examples")]
+    return [(n, s) for n, s in zip(curve.get("sizes") or [], curve.get("scores") or []) if n]
+
+
+def curve_fit_xy(curve: dict, pts):
+    from ..tune.curve import _log, _power
+
+    fit = (curve or {}).get("fit") or {}
+    xs = np.geomspace(min(p[0] for p in pts), 4 * max(p[0] for p in pts), 60)
+    if fit.get("law") == "power" and {"a", "b", "c"} <= set(fit):
+        return xs, _power(xs, fit["a"], fit["b"], fit["c"])
+    if fit.get("law") == "log" and {"a", "b"} <= set(fit):
+        return xs, _log(xs, fit["a"], fit["b"])
+    return None
+
+
+_SECTION_BODIES = {"verdict": _verdict, "stages": _stages, "gains-costs": _gains_costs, "flips": _flips,
+                   "safety": _safety, "heatmap": _heatmap, "graft": _graft, "repair": _repair,
+                   "learning-curve": _learning}

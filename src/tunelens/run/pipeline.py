@@ -1,0 +1,382 @@
+"""The chain tune -> audit -> diff -> graft -> repair -> report, each stage cached by a hash of its inputs.
+
+A stage's folder is RUN_DIR/<stage>/<hash12>; the hash covers the stage's own settings and the hashes of the
+stages it reads, so a changed setting reruns exactly what depends on it. A folder is complete when it holds
+DONE (written last, atomically); anything else is a stopped attempt, restarted (the tune resumes from its last
+checkpoint). run.json is rewritten atomically at every change; its layout is docs/run.md's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+import traceback
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import __version__
+from ..errors import TunelensError
+from ..io import write_json
+from . import stages as S
+from .config import STAGES, RunConfig
+
+SCHEMA = "tunelens.run/1"
+DONE = "DONE"
+# what each stage reads; the report reads every stage
+DEPS = {"tune": [], "audit": ["tune"], "diff": ["tune"], "graft": ["tune"], "repair": ["tune"],
+        "report": ["tune", "audit", "diff", "graft", "repair"]}
+EXIT_STAGE_FAILED, EXIT_GATE_FAILED = 1, 3
+
+
+def deps(cfg: RunConfig, stage: str) -> list[str]:
+    """The stages `stage` reads; the repair reads the graft when a candidate uses its mask (`mask: graft`)."""
+    if stage == "repair" and S.uses_graft_mask(cfg):
+        return ["tune", "graft"]
+    return DEPS[stage]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _settings(cfg: RunConfig, stage: str) -> dict:
+    """The part of the config a stage's output depends on (besides its inputs)."""
+    if stage == "tune":
+        if "tune" in cfg.stages:
+            return {"model": cfg.model, "tune": cfg.tune}
+        path = Path(cfg.tuned)  # an existing model: its identity is its location and last change
+        return {"tuned": str(path.resolve()) if path.exists() else cfg.tuned,
+                "mtime": max((p.stat().st_mtime for p in path.iterdir()), default=0) if path.is_dir() else None}
+    base = {"model": cfg.model}
+    if stage == "audit":
+        return {**base, **dataclasses.asdict(cfg.audit), "tasks": cfg.audit_tasks()}
+    if stage == "diff":
+        return {**base, **dataclasses.asdict(cfg.diff)}
+    if stage == "graft":
+        return {**base, **dataclasses.asdict(cfg.graft), "task": S.graft_task(cfg)}
+    if stage == "repair":
+        return {**base, "candidates": cfg.repair.candidates, **S.repair_settings(cfg)}
+    return {"enabled": cfg.stages}
+
+
+def stage_hashes(cfg: RunConfig) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for stage in STAGES:
+        if stage not in cfg.stages and not (stage == "tune" and cfg.tuned):
+            continue
+        try:
+            settings = _settings(cfg, stage)
+        except TunelensError:
+            settings = {"unresolved": True}  # reported when the stage runs
+        blob = {"stage": stage, "version": __version__, "settings": settings,
+                "inputs": {d: out.get(d) for d in deps(cfg, stage)}}
+        out[stage] = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return out
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: Path
+    state: dict
+    exit_code: int
+
+    @property
+    def report(self) -> Path | None:
+        p = self.run_dir / "report.html"
+        return p if p.exists() else None
+
+
+class Run:
+    def __init__(self, cfg: RunConfig, run_dir: Path, config_path: str | None, display):
+        self.cfg, self.run_dir, self.display = cfg, Path(run_dir), display
+        self.hashes = stage_hashes(cfg)
+        self.state = {"schema": SCHEMA, "config": cfg.to_dict(), "config_path": config_path,
+                      "stages": {s: {"status": "pending", "dir": None, "hash": self.hashes.get(s), "seconds": None,
+                                     "error": None, "note": None, "cached": False} for s in STAGES},
+                      "order": list(STAGES), "started": _now(), "finished": None}
+        self.gate_failed: list[str] = []
+        self.ran: set[str] = set()  # stages run (not reused) in this invocation
+
+    def folder(self, stage: str) -> Path:
+        return self.run_dir / stage / self.hashes[stage]
+
+    def done(self, stage: str) -> bool:
+        return stage in self.hashes and (self.folder(stage) / DONE).is_file()
+
+    def save(self) -> None:
+        write_json(self.run_dir / "run.json", self.state)
+
+    def mark(self, stage: str, **kw) -> None:
+        self.state["stages"][stage].update(kw)
+        self.save()
+
+    def tuned(self) -> str | None:
+        if "tune" in self.cfg.stages:
+            return str(self.folder("tune") / "model")
+        return self.cfg.tuned
+
+    def blockers(self, stage: str) -> list[str]:
+        return [d for d in deps(self.cfg, stage) if d in self.cfg.stages and self.state["stages"][d]["status"] != "done"]
+
+
+def run_pipeline(cfg: RunConfig, run_dir, *, config_path: str | None = None, from_stage: str | None = None,
+                 only: str | None = None, display: bool = True) -> RunResult:
+    """Run (or resume) the pipeline into run_dir. Exit code: 0 ok, 1 a stage failed, 3 the audit gate failed."""
+    for flag, st in (("--from", from_stage), ("--only", only)):
+        if st is not None and st not in cfg.stages:
+            raise TunelensError(f"{flag} {st}: " + (f"not a stage; stages: {', '.join(STAGES)}" if st not in STAGES
+                                                     else "that stage is disabled in the config"))
+    _preflight(cfg)
+    run = Run(cfg, run_dir, config_path, display)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    if only and only != "report":
+        for d in deps(cfg, only):
+            if d in cfg.stages and not run.done(d):
+                raise TunelensError(f"--only {only} needs the {d} stage's output ({run.folder(d)}), which is not "
+                                    "complete; run without --only first")
+    forced = set(cfg.stages[cfg.stages.index(from_stage):]) if from_stage else ({only} if only else set())
+    todo = [s for s in cfg.stages if not only or s == only]
+    with _quiet(), Display(len(todo), enabled=display) as disp:
+        for stage in STAGES:
+            _one(run, stage, stage in todo, stage in forced, disp)
+    run.state["finished"] = _now()
+    run.save()
+    failed = any(s["status"] == "failed" for s in run.state["stages"].values())
+    code = EXIT_STAGE_FAILED if failed else EXIT_GATE_FAILED if run.gate_failed else 0
+    return RunResult(run.run_dir, run.state, code)
+
+
+def _preflight(cfg: RunConfig) -> None:
+    """Catch a bad suite name or gate before minutes of tuning."""
+    if "audit" not in cfg.stages and "repair" not in cfg.stages:
+        return
+    from ..audit import SUITES
+    from ..audit import gate as G
+
+    for suite in list(cfg.audit.suites) + list(cfg.repair.suites or []):
+        if suite not in SUITES:
+            import difflib
+
+            hint = difflib.get_close_matches(suite, list(SUITES), n=1)
+            raise TunelensError(f"unknown audit suite '{suite}'" + (f"; did you mean '{hint[0]}'?" if hint else
+                                                                    f"; suites: {', '.join(SUITES)}"))
+    for g in cfg.audit.gate:
+        try:
+            G.check(g, {})
+        except TunelensError as e:
+            if "unknown metric" not in str(e):
+                raise
+
+
+def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> None:
+    cfg = run.cfg
+    if stage not in cfg.stages:
+        note = "disabled in the config" + (f"; tuned model: {cfg.tuned}" if stage == "tune" and cfg.tuned else "")
+        run.mark(stage, status="skipped", note=note)
+        return
+    rel = str(run.folder(stage).relative_to(run.run_dir))
+    if not todo:  # --only another stage: record what is on disk
+        done = run.done(stage)
+        run.mark(stage, status="done" if done else "pending", dir=rel if done else None, cached=done,
+                 seconds=_done_info(run.folder(stage)).get("seconds") if done else None,
+                 note=None if done else "not run (--only)")
+        return
+    blockers = run.blockers(stage) if stage != "report" else []
+    if blockers:
+        b = blockers[0]
+        run.mark(stage, status="skipped", note=f"needs the {b} stage, which {run.state['stages'][b]['status']}")
+        disp.advance(stage, "skipped")
+        return
+    folder = run.folder(stage)
+    # the report is reused only when it was built from exactly these finished stages
+    report_fresh = stage != "report" or not run.ran and not any(
+        run.state["stages"][d]["status"] in ("failed", "skipped") and d in cfg.stages for d in DEPS["report"])
+    if not forced and report_fresh and run.done(stage):
+        info = _done_info(folder)
+        if stage == "audit":
+            run.gate_failed = info.get("result", {}).get("gate_failed") or []
+        if stage == "report":
+            _restore_report(run, folder)
+        run.mark(stage, status="done", dir=rel, seconds=info.get("seconds"), cached=True,
+                 note=(info.get("result") or {}).get("note"), error=None)
+        disp.advance(stage, "cached")
+        return
+    if folder.exists() and (forced or stage != "tune"):  # a stopped attempt: start it again (the tune resumes)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    run.mark(stage, status="pending", dir=rel, note=f"running since {_now()}", error=None, cached=False)
+    ctx = S.StageContext(cfg=cfg, run_dir=run.run_dir, out=folder, base=cfg.model, tuned=run.tuned(),
+                         dirs={s: run.folder(s) for s in run.hashes}, step=disp.step)
+    t0 = time.perf_counter()
+    run.ran.add(stage)
+    disp.start(stage, _poller(run, stage, folder))
+    try:  # the stage's own prints and warnings go to its log: the display is the one thing on screen
+        with open(folder / "stage.log", "a") as log, redirect_stdout(log), redirect_stderr(log):
+            result = S.FUNCS[stage](ctx) or {}
+    except KeyboardInterrupt:
+        run.mark(stage, note="interrupted; run the same command again to resume")
+        raise
+    except Exception as e:  # noqa: BLE001 - a failed stage is recorded; its dependants are skipped
+        seconds = round(time.perf_counter() - t0, 2)
+        (folder / "error.txt").write_text(traceback.format_exc())
+        msg = str(e) if isinstance(e, TunelensError) else f"{type(e).__name__}: {e}"
+        run.mark(stage, status="failed", seconds=seconds, error=msg, note=None)
+        disp.advance(stage, f"failed: {msg.splitlines()[0][:100] if msg else type(e).__name__}")
+        return
+    finally:
+        disp.stop()
+    seconds = round(time.perf_counter() - t0, 2)
+    if stage == "audit":
+        run.gate_failed = result.get("gate_failed") or []
+    if stage == "report":  # a copy per config, restored when that config is run again
+        for name in ("report.html", "report.md"):
+            if (run.run_dir / name).is_file():
+                shutil.copy2(run.run_dir / name, folder / name)
+    write_json(folder / DONE, {"stage": stage, "hash": run.hashes[stage], "seconds": seconds, "finished": _now(),
+                               "result": result})
+    run.mark(stage, status="done", seconds=seconds, note=result.get("note"))
+    disp.advance(stage, f"{seconds:.1f} s")
+
+
+def _done_info(folder: Path) -> dict:
+    try:
+        return json.loads((folder / DONE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _restore_report(run: Run, folder: Path) -> None:
+    from ..io import atomic_open
+
+    for name in ("report.html", "report.md"):
+        src, dst = folder / name, run.run_dir / name
+        if src.is_file() and (not dst.is_file() or dst.read_bytes() != src.read_bytes()):
+            with atomic_open(dst, "wb") as f:
+                f.write(src.read_bytes())
+
+
+# ---------------------------------------------------------------------------------------------------- progress
+
+
+def _poller(run: Run, stage: str, folder: Path):
+    """(done, total) of the running stage, read from what it has written so far (None: unknown)."""
+    cfg = run.cfg
+
+    def tune():
+        steps = 0
+        log = folder / "train_log.jsonl"
+        if log.is_file():
+            lines = [l for l in log.read_text().splitlines() if l.strip()]
+            if lines:
+                steps = json.loads(lines[-1]).get("step", 0)
+        total = cfg.tune.get("max_steps") or -1
+        if total <= 0 and (folder / "run.json").is_file():
+            n = json.loads((folder / "run.json").read_text()).get("examples", {}).get("n", 0)
+            per = (cfg.tune.get("batch_size") or 8) * (cfg.tune.get("grad_accum") or 1)
+            total = max(1, int(-(-n * (cfg.tune.get("epochs") or 1.0) // per)))
+        return steps, total if total > 0 else None
+
+    def count(pattern: str, total: int):
+        return lambda: (len(list(folder.glob(pattern))), total)
+
+    return {"tune": tune, "audit": count("items/*.jsonl", len(cfg.audit.suites)),
+            "graft": count("mask-s*.safetensors", len(cfg.graft.sparsities)),
+            "repair": lambda: (len(list(folder.glob("candidates/*/audit/ledger.json")))  # and the tuned, audited first
+                               + (folder / "tuned" / "audit" / "ledger.json").is_file(),
+                               len(cfg.repair.candidates) + 1)}.get(stage)
+
+
+class Display:
+    """One rich progress display: the stages (i/N) and the running stage's steps with the time left."""
+
+    def __init__(self, n_stages: int, enabled: bool = True):
+        self.n, self.i, self.enabled = n_stages, 0, enabled
+        self.progress = None
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+                TimeRemainingColumn
+
+            self.console = Console(file=sys.stderr)  # this stream, not the stage log it is redirected to
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                                     console=self.console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("", total=None, visible=False)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        if self.progress is not None:
+            self.progress.stop()
+
+    def start(self, stage: str, poll) -> None:
+        self.i += 1
+        if self.progress is None:
+            return
+        self.progress.reset(self.task, total=None, completed=0, visible=True,
+                            description=f"[{self.i}/{self.n}] {stage}")
+        if poll is not None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._watch, args=(poll,), daemon=True)
+            self._thread.start()
+
+    def _watch(self, poll) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                got = poll()
+            except (OSError, ValueError):
+                continue
+            if got:
+                self.step(*got)
+
+    def step(self, done: int, total: int | None) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done, total=total)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def advance(self, stage: str, what: str) -> None:
+        if self.progress is None:
+            return
+        if what in ("cached", "skipped"):
+            self.i += 1
+        self.progress.console.print(f"[{self.i}/{self.n}] {stage:7s} {what}")
+
+
+@contextmanager
+def _quiet():
+    """The pipeline's display replaces the stages' own progress bars and info logs."""
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        import transformers
+
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        transformers, verbosity = None, None
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
+        if transformers is not None:
+            transformers.logging.set_verbosity(verbosity)

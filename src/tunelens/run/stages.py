@@ -1,0 +1,134 @@
+"""One function per pipeline stage. Each writes its artifacts into its own folder (`ctx.out`) and returns
+a small dict the pipeline records in run.json (or None)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import TunelensError
+from .config import RunConfig
+
+
+@dataclass
+class StageContext:
+    cfg: RunConfig
+    run_dir: Path
+    out: Path  # this stage's folder
+    base: str  # the base model spec
+    tuned: str | None  # the tuned model (the tune stage's model/ or the config's `tuned:`)
+    dirs: dict[str, Path] = field(default_factory=dict)  # every stage's folder, for the report
+    step: Callable[[int, int], None] | None = None  # progress callback (done, total) for stages that report it
+
+
+def tune_stage(ctx: StageContext) -> dict:
+    """Resumes from the folder's last checkpoint after a kill (tunelens.tune's own resume)."""
+    import json
+
+    from ..tune import tune
+
+    run_json = ctx.out / "run.json"
+    if (ctx.out / "model").is_dir() and run_json.is_file() and json.loads(run_json.read_text()).get("status") == "finished":
+        return {"note": "the tune had finished before the run was stopped"}
+    tune(ctx.cfg.tune_config(ctx.out))
+    return {}
+
+
+def audit_stage(ctx: StageContext) -> dict:
+    from ..audit import AuditContext, check_tokenizers, run_audit
+    from ..data import load_task
+    from ..models import resolve_model
+
+    a = ctx.cfg.audit
+    specs = [load_task(t) for t in ctx.cfg.audit_tasks()]
+    hb, ht = resolve_model(ctx.base), resolve_model(ctx.tuned, merge_adapter="auto")
+    check_tokenizers(hb, ht)
+    ledger = run_audit(AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, progress=False),
+                       a.suites, ctx.out, a.gate or None)
+    failed = [g["expr"] for g in ledger.get("gates", []) if not g["passed"]]
+    broken = [s for s, b in ledger["suites"].items() if b["status"] != "ok"]
+    note = "; ".join(([f"gate failed: {', '.join(failed)}"] if failed else [])
+                     + ([f"suite(s) failed: {', '.join(broken)}"] if broken else []))
+    return {"gate_failed": failed, "note": note or None}
+
+
+def diff_stage(ctx: StageContext) -> dict:
+    from ..diff import diff_models
+
+    d = ctx.cfg.diff
+    diff_models(ctx.base, ctx.tuned, out=ctx.out, rank=d.rank, rank_max_dim=d.rank_max_dim,
+                progress=ctx.step)
+    return {}
+
+
+def graft_task(cfg: RunConfig) -> str:
+    if cfg.graft.task:
+        return cfg.graft.task
+    tasks = cfg.audit_tasks()
+    if not tasks:
+        raise TunelensError("graft: no task to localize; set 'graft.task' (or 'audit.tasks')")
+    return tasks[0]
+
+
+def graft_stage(ctx: StageContext) -> dict:
+    from ..diff.graft import graft
+
+    g = ctx.cfg.graft
+    graft(ctx.base, ctx.tuned, graft_task(ctx.cfg), g.sparsities, steps=g.steps, lr=g.lr, examples=g.examples,
+          out=ctx.out, seed=g.seed, include_embeddings=g.include_embeddings, select_limit=g.select_limit,
+          eval_limit=g.eval_limit)
+    return {}
+
+
+def repair_settings(cfg: RunConfig) -> dict:
+    """The re-audit settings, the audit's where the repair section leaves them unset."""
+    r = cfg.repair
+    return {"suites": list(r.suites or cfg.audit.suites), "tasks": list(r.tasks or cfg.audit_tasks()),
+            "limit": r.limit if r.limit is not None else cfg.audit.limit, "select": r.select}
+
+
+def uses_graft_mask(cfg: RunConfig) -> bool:
+    return any(c["method"] == "graft" and c["options"].get("mask") == "graft" for c in cfg.repair.candidates)
+
+
+def _candidates(ctx: StageContext) -> list[dict]:
+    """`mask: graft` names the graft stage's mask at the candidate's `sparsity` (default: the graft's first)."""
+    from ..diff.graft import sparsity_tag
+
+    out = []
+    for c in ctx.cfg.repair.candidates:
+        c = {**c, "options": dict(c["options"])}
+        if c["method"] == "graft" and c["options"].get("mask") == "graft":
+            s = c["options"].pop("sparsity", None) or ctx.cfg.graft.sparsities[0]
+            path = ctx.dirs["graft"] / f"mask-s{sparsity_tag(float(s))}.safetensors"
+            if not path.is_file():
+                raise TunelensError(f"repair candidate '{c['name']}': the graft stage wrote no mask for sparsity "
+                                    f"{s} ({path}); use one of graft.sparsities {ctx.cfg.graft.sparsities}")
+            c["options"]["mask"] = str(path)
+        out.append(c)
+    return out
+
+
+def repair_stage(ctx: StageContext) -> dict:
+    from ..repair.sweep import run_sweep
+
+    s = repair_settings(ctx.cfg)
+    flat = [{"name": c["name"], "method": c["method"], **c["options"]} for c in _candidates(ctx)]
+    result = run_sweep(ctx.base, ctx.tuned, flat, ctx.out, suites=s["suites"], tasks=s["tasks"], limit=s["limit"],
+                       select=s["select"], progress=False)
+    failed = [r["name"] for r in result["rows"] if r["status"] == "failed"]
+    note = (f"selected {result['selected']}" if result.get("selected") else "no candidate selected") + \
+        (f"; failed: {', '.join(failed)}" if failed else "")
+    return {"note": note}
+
+
+def report_stage(ctx: StageContext) -> dict:
+    from ..report import build_report
+
+    paths = build_report(ctx.run_dir) or {}
+    return {"note": ", ".join(str(p) for p in paths.values()) if isinstance(paths, dict) else None}
+
+
+FUNCS = {"tune": tune_stage, "audit": audit_stage, "diff": diff_stage, "graft": graft_stage,
+         "repair": repair_stage, "report": report_stage}

@@ -1,0 +1,401 @@
+"""tunelens run: the config checks, stage caching by hash, failure and resume, --from/--only, the CLI.
+
+The pipeline logic is exercised with stand-in stage functions (instant, counted); one test runs the real
+stages on the tiny model, and an integration test runs the quickstart config on the default model."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from tunelens.cli import app
+from tunelens.errors import TunelensError
+from tunelens.run import STAGES, load_run_config, parse_config, run_pipeline
+from tunelens.run import stages as S
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def write_task(folder: Path, n: int = 12) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"q{i}", "text": f"the {'cat' if i % 2 else 'dog'} sat on the mat {i}",
+             "label": "cat" if i % 2 else "dog"} for i in range(2 * n)]
+    (folder / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = folder / "t.yaml"
+    spec.write_text("name: pets\ntype: classification\ndata: d.jsonl\ntemplate: 'Animal? {text}'\n")
+    return spec
+
+
+def raw_config(model, task) -> dict:
+    return {
+        "model": str(model),
+        "tune": {"data": [str(task)], "max_steps": 2, "batch_size": 4, "save_steps": 50, "seed": 0},
+        "audit": {"suites": ["task"], "limit": 4},
+        "diff": {"rank": False},
+        "graft": {"sparsities": [0.1], "steps": 1, "examples": 4, "eval_limit": 4, "select_limit": 4},
+        "repair": {"candidates": [{"method": "interpolate", "alpha": 0.5}], "limit": 4},
+    }
+
+
+class Spy:
+    """Stand-in stage functions: each call is counted and leaves a file in the stage folder."""
+
+    def __init__(self, monkeypatch, fail: set | None = None):
+        self.calls: list[str] = []
+        self.fail = set(fail or ())
+        for stage in STAGES:
+            monkeypatch.setitem(S.FUNCS, stage, self._make(stage))
+
+    def _make(self, stage):
+        def fn(ctx):
+            self.calls.append(stage)
+            if stage in self.fail:
+                raise RuntimeError(f"{stage} broke")
+            (ctx.out / "artifact.txt").write_text(stage)
+            if stage == "report":
+                (ctx.run_dir / "report.html").write_text(json.dumps(json.loads((ctx.run_dir / "run.json").read_text())))
+            return {"note": f"{stage} ran"}
+
+        return fn
+
+
+def statuses(run_dir: Path) -> dict:
+    return {s: v["status"] for s, v in json.loads((run_dir / "run.json").read_text())["stages"].items()}
+
+
+@pytest.fixture
+def cfg_raw(tmp_path):
+    return raw_config(tmp_path / "no-model-needed", write_task(tmp_path / "data"))
+
+
+# ---------------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("patch, named, suggested", [
+    ({"stagse": ["tune"]}, "stagse", "stages"),
+    ({"audit": {"limt": 3}}, "audit.limt", "audit.limit"),
+    ({"graft": {"sparsity": [0.1]}}, "graft.sparsity", "graft.sparsities"),
+    ({"diff": {"rank_max_dims": 8}}, "diff.rank_max_dims", "diff.rank_max_dim"),
+    ({"repair": {"candidate": []}}, "repair.candidate", "repair.candidates"),
+    ({"tune": {"learning_rat": 1e-3, "data": ["x"]}}, "tune.learning_rat", "tune.learning_rate"),
+    ({"stages": ["tune", "audti"]}, "audti", "audit"),
+    ({"stages": {"graf": False}}, "stages.graf", "stages.graft"),
+])
+def test_unknown_key_names_it_and_suggests(cfg_raw, patch, named, suggested):
+    raw = {**cfg_raw, **patch}
+    with pytest.raises(TunelensError) as e:
+        parse_config(raw, "run.yaml: ")
+    msg = str(e.value)
+    assert f"'{named}'" in msg and f"'{suggested}'" in msg and msg.startswith("run.yaml: ")
+
+
+def test_config_rules(cfg_raw, tmp_path):
+    cfg = parse_config(cfg_raw)
+    assert cfg.repair.candidates == [{"name": "interpolate-alpha0.5", "method": "interpolate",
+                                      "options": {"alpha": 0.5}}]
+    assert cfg.audit_tasks() == cfg_raw["tune"]["data"]
+    with pytest.raises(TunelensError, match="tuned"):  # no tune stage and no tuned model
+        parse_config({**cfg_raw, "stages": {"tune": False}})
+    with pytest.raises(TunelensError, match="set by the pipeline"):
+        parse_config({**cfg_raw, "tune": {**cfg_raw["tune"], "out": "x"}})
+    with pytest.raises(TunelensError, match="candidates"):
+        parse_config({**cfg_raw, "repair": {}})
+    off = parse_config({**cfg_raw, "stages": ["tune", "audit", "report"], "repair": None})
+    assert off.stages == ["tune", "audit", "report"]
+    p = tmp_path / "bad.yaml"
+    p.write_text("model: default\naudit: {suites: [task], limt: 2}\n")
+    with pytest.raises(TunelensError, match=r"bad.yaml: unknown key 'audit.limt'; did you mean 'audit.limit'"):
+        load_run_config(p)
+
+
+def test_cli_unknown_key_exits_2(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("modle: default\n")
+    r = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2
+    assert "unknown key 'modle'; did you mean 'model'?" in r.output
+
+
+def test_unknown_suite_fails_before_any_stage(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    cfg = parse_config({**cfg_raw, "audit": {"suites": ["task", "safty"]}})
+    with pytest.raises(TunelensError, match="did you mean 'safety'"):
+        run_pipeline(cfg, tmp_path / "run", display=False)
+    assert spy.calls == []
+
+
+# ---------------------------------------------------------------------------------------------------- caching
+
+
+def test_rerun_skips_everything_and_repair_change_reruns_repair_and_report(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    run_dir = tmp_path / "run"
+    r1 = run_pipeline(parse_config(cfg_raw), run_dir, display=False)
+    assert r1.exit_code == 0 and spy.calls == list(STAGES)
+    state = json.loads((run_dir / "run.json").read_text())
+    assert state["schema"] == "tunelens.run/1" and state["order"] == list(STAGES) and state["finished"]
+    for stage, st in state["stages"].items():
+        assert st["status"] == "done" and (run_dir / st["dir"] / "DONE").is_file()
+        assert st["dir"] == f"{stage}/{st['hash']}" and len(st["hash"]) == 12
+
+    spy.calls.clear()
+    r2 = run_pipeline(parse_config(cfg_raw), run_dir, display=False)
+    assert spy.calls == [] and r2.exit_code == 0
+    assert all(st["cached"] and st["status"] == "done" for st in r2.state["stages"].values())
+
+    changed = {**cfg_raw, "repair": {**cfg_raw["repair"], "limit": 2}}
+    r3 = run_pipeline(parse_config(changed), run_dir, display=False)
+    assert spy.calls == ["repair", "report"]
+    assert {s for s, st in r3.state["stages"].items() if not st["cached"]} == {"repair", "report"}
+    assert r3.state["stages"]["repair"]["hash"] != r1.state["stages"]["repair"]["hash"]
+    assert r3.state["stages"]["audit"]["hash"] == r1.state["stages"]["audit"]["hash"]
+
+    spy.calls.clear()  # back to the first settings: every stage folder exists, the report is restored
+    (run_dir / "report.html").write_text("stale")
+    run_pipeline(parse_config(cfg_raw), run_dir, display=False)
+    assert spy.calls == []
+    assert (run_dir / "report.html").read_text() == (run_dir / r1.state["stages"]["report"]["dir"] /
+                                                      "report.html").read_text() != "stale"
+
+
+def test_tune_change_reruns_everything_downstream(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    run_pipeline(parse_config(cfg_raw), tmp_path / "run", display=False)
+    spy.calls.clear()
+    run_pipeline(parse_config({**cfg_raw, "tune": {**cfg_raw["tune"], "max_steps": 3}}), tmp_path / "run",
+                 display=False)
+    assert spy.calls == list(STAGES)
+
+
+def test_repair_reads_the_graft_mask_only_when_a_candidate_uses_it(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    raw = {**cfg_raw, "repair": {"candidates": [{"method": "graft", "mask": "graft", "sparsity": 0.1},
+                                                {"method": "interpolate", "alpha": 0.5}]}}
+    run_pipeline(parse_config(raw), tmp_path / "run", display=False)
+    spy.calls.clear()
+    changed = {**raw, "graft": {**raw["graft"], "steps": 2}}
+    run_pipeline(parse_config(changed), tmp_path / "run", display=False)
+    assert spy.calls == ["graft", "repair", "report"]
+    spy.calls.clear()
+    run_pipeline(parse_config({**cfg_raw, "graft": changed["graft"]}), tmp_path / "run", display=False)
+    assert spy.calls == ["repair", "report"]  # the interpolation-only repair ignores the graft
+
+
+def test_graft_mask_candidate_gets_the_graft_stage_mask(cfg_raw, tmp_path):
+    raw = {**cfg_raw, "repair": {"candidates": [{"method": "graft", "mask": "graft", "sparsity": 0.1}]}}
+    cfg = parse_config(raw)
+    graft_dir = tmp_path / "graft"
+    ctx = S.StageContext(cfg=cfg, run_dir=tmp_path, out=tmp_path / "repair", base="b", tuned="t",
+                         dirs={"graft": graft_dir})
+    with pytest.raises(TunelensError, match="no mask for sparsity 0.1"):
+        S._candidates(ctx)
+    from tunelens.diff.graft import sparsity_tag
+
+    graft_dir.mkdir()
+    (graft_dir / f"mask-s{sparsity_tag(0.1)}.safetensors").write_bytes(b"")
+    (c,) = S._candidates(ctx)
+    assert c["options"] == {"mask": str(graft_dir / f"mask-s{sparsity_tag(0.1)}.safetensors")}
+    assert cfg.repair.candidates[0]["options"]["mask"] == "graft"  # the config itself is left as written
+
+
+# ---------------------------------------------------------------------------------------------------- failure, resume
+
+
+def test_failed_stage_is_recorded_dependants_skipped_report_built_then_resumed(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch, fail={"tune"})
+    run_dir = tmp_path / "run"
+    r = run_pipeline(parse_config(cfg_raw), run_dir, display=False)
+    assert r.exit_code == 1
+    assert statuses(run_dir) == {"tune": "failed", "audit": "skipped", "diff": "skipped", "graft": "skipped",
+                                 "repair": "skipped", "report": "done"}
+    state = r.state["stages"]
+    assert "tune broke" in state["tune"]["error"] and "needs the tune stage" in state["audit"]["note"]
+    assert "RuntimeError" in (run_dir / state["tune"]["dir"] / "error.txt").read_text()
+    assert json.loads((run_dir / "report.html").read_text())["stages"]["tune"]["status"] == "failed"
+    assert not (run_dir / state["tune"]["dir"] / "DONE").exists()
+
+    spy.fail.clear()
+    spy.calls.clear()
+    r = run_pipeline(parse_config(cfg_raw), run_dir, display=False)
+    assert r.exit_code == 0 and spy.calls == list(STAGES)  # the report is rebuilt: it had a failure in it
+
+
+def test_failure_midway_resumes_from_there(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch, fail={"graft"})
+    run_dir = tmp_path / "run"
+    r = run_pipeline(parse_config(cfg_raw), run_dir, display=False)
+    assert r.exit_code == 1 and statuses(run_dir)["graft"] == "failed"
+    assert statuses(run_dir)["repair"] == "done"  # the repair does not read the graft
+    spy.fail.clear()
+    spy.calls.clear()
+    assert run_pipeline(parse_config(cfg_raw), run_dir, display=False).exit_code == 0
+    assert spy.calls == ["graft", "report"]
+
+
+def test_stopped_stage_without_done_restarts_in_a_clean_folder(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    run_dir = tmp_path / "run"
+    r = run_pipeline(parse_config(cfg_raw), run_dir, display=False)
+    audit_dir = run_dir / r.state["stages"]["audit"]["dir"]
+    (audit_dir / "DONE").unlink()  # as if the run was killed while the audit was writing
+    (audit_dir / "half-written.tmp").write_text("x")
+    spy.calls.clear()
+    run_pipeline(parse_config(cfg_raw), run_dir, display=False)
+    assert spy.calls == ["audit", "report"]
+    assert not (audit_dir / "half-written.tmp").exists() and (audit_dir / "DONE").is_file()
+
+
+def test_gate_failure_exits_3(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    monkeypatch.setitem(S.FUNCS, "audit", lambda ctx: {"gate_failed": ["task.accuracy.delta >= 1"]})
+    r = run_pipeline(parse_config(cfg_raw), tmp_path / "run", display=False)
+    assert r.exit_code == 3 and "report" in spy.calls
+    assert run_pipeline(parse_config(cfg_raw), tmp_path / "run", display=False).exit_code == 3  # cached too
+
+
+# ---------------------------------------------------------------------------------------------------- --from / --only
+
+
+def test_from_and_only(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TunelensError, match="--only repair needs the tune stage"):
+        run_pipeline(parse_config(cfg_raw), run_dir, only="repair", display=False)
+    run_pipeline(parse_config(cfg_raw), run_dir, display=False)
+    spy.calls.clear()
+    run_pipeline(parse_config(cfg_raw), run_dir, from_stage="graft", display=False)
+    assert spy.calls == ["graft", "repair", "report"]
+    spy.calls.clear()
+    r = run_pipeline(parse_config(cfg_raw), run_dir, only="diff", display=False)
+    assert spy.calls == ["diff"] and all(st["status"] == "done" for st in r.state["stages"].values())
+    with pytest.raises(TunelensError, match="disabled"):
+        run_pipeline(parse_config({**cfg_raw, "stages": ["tune", "report"]}), run_dir, only="audit", display=False)
+    with pytest.raises(TunelensError, match="not a stage"):
+        run_pipeline(parse_config(cfg_raw), run_dir, from_stage="reapir", display=False)
+
+
+def test_cli_run_from_only_and_exit_code(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch, fail={"diff"})
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(cfg_raw))
+    r = CliRunner().invoke(app, ["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert r.exit_code == 1, r.output
+    assert "diff    failed" in r.output and "report:" in r.output
+    spy.fail.clear()
+    spy.calls.clear()
+    r = CliRunner().invoke(app, ["run", str(cfg), "--out", str(tmp_path / "run"), "--only", "diff", "--no-progress"])
+    assert r.exit_code == 0 and spy.calls == ["diff"]
+    r = CliRunner().invoke(app, ["run", str(cfg), "--out", str(tmp_path / "run"), "--from", "a", "--only", "b"])
+    assert r.exit_code == 2
+
+
+def test_external_tuned_model_without_tune_stage(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "adapter_config.json").write_text("{}")
+    raw = {**cfg_raw, "stages": {"tune": False}, "tuned": str(tuned)}
+    raw.pop("tune")
+    r = run_pipeline(parse_config(raw), tmp_path / "run", display=False)
+    assert "tune" not in spy.calls and r.state["stages"]["tune"]["status"] == "skipped"
+    assert r.exit_code == 0 and statuses(tmp_path / "run")["audit"] == "done"
+
+
+# ---------------------------------------------------------------------------------------------------- real stages
+
+
+def _importable(mod: str) -> bool:
+    try:
+        return importlib.util.find_spec(mod) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_real_stages_on_tiny_model(tiny_model_dir, tmp_path):
+    raw = raw_config(tiny_model_dir, write_task(tmp_path / "data"))
+    enabled = ["tune", "audit", "diff", "graft"] + [s for s, m in (("repair", "tunelens.repair.sweep"),
+                                                                    ("report", "tunelens.report")) if _importable(m)]
+    raw["stages"] = enabled
+    run_dir = tmp_path / "run"
+    r = run_pipeline(parse_config(raw), run_dir, display=False)
+    st = r.state["stages"]
+    assert r.exit_code == 0, {s: v["error"] for s, v in st.items()}
+    d = {s: run_dir / v["dir"] for s, v in st.items() if v["dir"]}
+    assert (d["tune"] / "model" / "adapter_config.json").is_file() and (d["tune"] / "train_log.jsonl").is_file()
+    assert json.loads((d["audit"] / "ledger.json").read_text())["suites"]["task"]["status"] == "ok"
+    assert (d["diff"] / "diff.json").is_file() and (d["graft"] / "graft.json").is_file()
+    if "repair" in enabled:
+        assert json.loads((d["repair"] / "sweep.json").read_text())["rows"]
+    if "report" in enabled:
+        assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
+    t0 = time.perf_counter()
+    again = run_pipeline(parse_config(raw), run_dir, display=False)
+    assert all(v["cached"] for s, v in again.state["stages"].items() if s in enabled)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_stopped_tune_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
+    raw = raw_config(tiny_model_dir, write_task(tmp_path / "data"))
+    raw["tune"].update(max_steps=4, save_steps=2)
+    raw["stages"] = ["tune"]
+    run_dir = tmp_path / "run"
+    r = run_pipeline(parse_config(raw), run_dir, display=False)
+    tune_dir = run_dir / r.state["stages"]["tune"]["dir"]
+    # as if killed after the step-2 checkpoint: no DONE, no final model, no later checkpoint
+    (tune_dir / "DONE").unlink()
+    shutil.rmtree(tune_dir / "model")
+    shutil.rmtree(tune_dir / "checkpoints" / "checkpoint-4")
+    log = tune_dir / "train_log.jsonl"
+    before = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
+    log.write_text("".join(json.dumps({**row, "before_stop": True}) + "\n" for row in before))
+    r = run_pipeline(parse_config(raw), run_dir, display=False)
+    assert r.exit_code == 0 and not r.state["stages"]["tune"]["cached"]
+    rows = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
+    # a resumed tune keeps the log up to its checkpoint (step 2) and trains steps 3-4; a fresh one would rewrite all
+    assert [(r["step"], r.get("before_stop", False)) for r in rows] == [(1, True), (2, True), (3, False), (4, False)]
+    assert (tune_dir / "model" / "adapter_config.json").is_file() and (tune_dir / "DONE").is_file()
+
+
+def test_quickstart_yaml_is_valid_and_shipped_once():
+    from tunelens.cli import quickstart_config_path
+
+    shipped = quickstart_config_path()
+    repo = ROOT / "examples" / "quickstart.yaml"
+    assert shipped.is_file() and repo.read_text() == shipped.read_text()
+    cfg = load_run_config(shipped)
+    assert cfg.stages == list(STAGES) and cfg.model == "default" and cfg.repair.candidates
+
+
+@pytest.mark.integration
+def test_quickstart_pipeline_on_default_model_tiny_limits(tmp_path):
+    """The quickstart config with everything cut to a few items and steps, on the real default model."""
+    from tunelens.cli import quickstart_config_path
+
+    raw = yaml.safe_load(quickstart_config_path().read_text())
+    raw["tune"].update(max_steps=2, max_examples=16)
+    raw["audit"]["limit"] = 4
+    raw["graft"].update(steps=1, examples=4, eval_limit=8, select_limit=4)
+    raw["repair"]["limit"] = 4
+    raw["repair"]["candidates"] = raw["repair"]["candidates"][:1]
+    raw["stages"] = [s for s in STAGES if s not in ("repair", "report")] + \
+        [s for s, m in (("repair", "tunelens.repair.sweep"), ("report", "tunelens.report")) if _importable(m)]
+    r = run_pipeline(parse_config(raw), tmp_path / "run", display=False)
+    assert r.exit_code in (0, 3), {s: v["error"] for s, v in r.state["stages"].items()}
+    assert all(v["status"] == "done" for s, v in r.state["stages"].items() if s in raw["stages"])
