@@ -40,7 +40,7 @@ def main() -> None:
 
             tuned = str(tune(load_config(data=["telecom-intent"], out=str(Path(tmp) / "tune"),
                                          max_steps=args.tune_steps, save_steps=10_000, progress=False)))
-        base, tuned_h = resolve_model("default"), resolve_model(tuned)
+        base, tuned_h = resolve_model("default"), resolve_model(tuned, merge_adapter="auto")
         ctx = AuditContext(base=base, tuned=tuned_h, tasks=[load_task("telecom-intent")], limit=args.limit,
                            progress=False)
         t0 = time.perf_counter()

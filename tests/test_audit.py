@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tunelens.audit import SUITES, AuditContext, Suite, SuiteResult, check_tokenizers, register, run_audit
@@ -65,6 +66,32 @@ def test_failing_suite_is_marked_and_others_complete(tiny, mc_task):
         assert ledger["suites"]["task"]["status"] == "ok" and ledger["suites"]["calibration"]["status"] == "ok"
     finally:
         SUITES.pop("explodes")
+
+
+def test_shared_base_cache_runs_the_base_model_once(tiny, mc_task, tmp_path):
+    """Audits sharing base_cache (a repair sweep) give the same ledger without running the base model again."""
+    import copy
+
+    kw = dict(tasks=[mc_task], limit=3, n_boot=50, progress=False, batch_size=4)
+    suites = ["task", "safety", "forgetting"]
+    shared: dict = {}
+    first = run_audit(AuditContext(base=tiny, tuned=tiny, base_cache=shared, **kw), suites)
+    assert shared  # the base model's results were kept
+
+    class NoCalls(torch.nn.Module):  # a base model that must not be run
+        def __init__(self, model):
+            super().__init__()
+            self.config, self.device = model.config, model.device
+
+        def forward(self, *a, **k):
+            raise AssertionError("the base model ran again")
+
+    other = copy.copy(tiny)
+    other.model = NoCalls(tiny.model)
+    second = run_audit(AuditContext(base=other, tuned=tiny, base_cache=shared, **kw), suites)
+    for s in suites:
+        assert second["suites"][s]["status"] == "ok", second["suites"][s].get("error")
+        assert [e["tuned"] for e in second["suites"][s]["entries"]] == [e["tuned"] for e in first["suites"][s]["entries"]]
 
 
 def test_unknown_suite_is_an_error(tiny):

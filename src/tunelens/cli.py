@@ -86,7 +86,8 @@ def eval_cmd(
     spec = load_task(task)
     if fewshot is not None:
         spec.fewshot = fewshot
-    handle = resolve_model(model, base=base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    handle = resolve_model(model, base=base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                           merge_adapter="auto")
     result = evaluate(handle, spec, split=split, limit=limit, token_budget=token_budget, batch_size=batch_size,
                       seed=seed)
     result.save(out)
@@ -206,7 +207,7 @@ def audit_cmd(
 
     specs = [load_task(t) for t in (task or [])]
     hb = resolve_model(base, allow_pickle=allow_pickle)
-    ht = resolve_model(tuned, allow_pickle=allow_pickle)
+    ht = resolve_model(tuned, allow_pickle=allow_pickle, merge_adapter="auto")  # merged: same outputs, faster
     check_tokenizers(hb, ht, allow_tokenizer_mismatch)
     if gate:  # fail on a malformed gate before spending minutes on the suites
         for g in gate:
@@ -342,6 +343,91 @@ def graft_cmd(
     typer.echo(f"wrote {out / 'graft.json'}")
 
 
+@app.command("repair")
+@_friendly
+def repair_cmd(
+    base: Optional[str] = typer.Option(None, "--base", "-b", help="The model before fine-tuning (for an adapter: "
+                                                                  "the model it applies to)."),
+    tuned: Optional[str] = typer.Option(None, "--tuned", "-t", help="The fine-tuned model: full checkpoint or "
+                                                                    "PEFT LoRA adapter."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Repair method: safelora, safemerge, "
+                                                                      "interpolate, linear, task_arithmetic, ties, "
+                                                                      "dare_linear, dare_ties, graft."),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-O", help="KEY=VALUE method option, repeatable "
+                                                                            "(VALUE read as YAML: 0.5, [0.8, 0.2])."),
+    aligned: Optional[str] = typer.Option(None, "--aligned", help="safelora/safemerge: the aligned reference "
+                                                                  "model (folder or LoRA adapter)."),
+    unaligned: Optional[str] = typer.Option(None, "--unaligned", help="safelora/safemerge: the unaligned model "
+                                                                      "(default: the tuned adapter's base)."),
+    safety_adapter: Optional[str] = typer.Option(None, "--safety-adapter", help="safemerge: LoRA adapter tuned "
+                                                                                "on safety data, same base."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="safelora (0.5) / safemerge (0.35): cosine threshold."),
+    k: Optional[int] = typer.Option(None, "--k", help="safelora topk mode: project the K lowest-cosine modules."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="interpolate: base + alpha·(tuned − base)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Candidate folder (default out/repair/METHOD); "
+                                                                 "with --sweep, the sweep folder."),
+    sweep: Optional[Path] = typer.Option(None, "--sweep", help="YAML: candidates (list of {method, options...}), "
+                                                               "suites, tasks, limit, and optionally base, "
+                                                               "tuned, select."),
+    select: Optional[str] = typer.Option(None, "--select", help="With --sweep: constraints the pick must meet, e.g. "
+                                                                "\"task.accuracy >= 0.9*tuned\" (base/tuned: the "
+                                                                "reference rows' value of that metric)."),
+):
+    """Repair what a fine-tune broke, writing a candidate model folder or PEFT adapter.
+
+    One candidate: --method NAME with its options; prints what the method did per module. --sweep FILE runs
+    several candidates, audits each against the base (and the tuned model as reference), prints the
+    trade-off table with the Pareto front (★) and, with --select, copies the best candidate meeting the
+    constraints (highest refusal rate, then task score) to OUT/selected."""
+    import yaml
+
+    from .repair import repair
+
+    if sweep is not None:
+        from .repair.sweep import run_sweep
+
+        try:
+            cfg = yaml.safe_load(sweep.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise TunelensError(f"{sweep}: unreadable sweep file ({str(e).splitlines()[0]})") from None
+        if not isinstance(cfg, dict):
+            raise TunelensError(f"{sweep}: expected a mapping with candidates, suites, tasks, limit")
+        base, tuned = base or cfg.get("base"), tuned or cfg.get("tuned")
+        if not base or not tuned:
+            raise TunelensError("a sweep needs --base and --tuned (or base: and tuned: in the sweep file)")
+        out = out or Path(cfg.get("out") or "out/repair-sweep")
+        res = run_sweep(str(base), str(tuned), cfg.get("candidates") or [], out,
+                        suites=list(cfg.get("suites") or ["task", "safety", "over_refusal"]),
+                        tasks=list(cfg.get("tasks") or []), limit=cfg.get("limit"),
+                        select=select or cfg.get("select"))
+        typer.echo((out / "sweep.md").read_text(encoding="utf-8"))
+        typer.echo(f"wrote {out / 'sweep.json'}" + (f"; selected {res['selected']} -> {out / 'selected'}"
+                                                     if res["selected"] else ""))
+        return
+    if not (base and tuned and method):
+        raise TunelensError("give --base, --tuned and --method (or --sweep FILE)")
+    opts = {}
+    for item in option or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise TunelensError(f"--option '{item}': write KEY=VALUE, e.g. --option mode=topk")
+        opts[key.strip()] = yaml.safe_load(value)
+    flags = {"aligned": aligned, "unaligned": unaligned, "safety_adapter": safety_adapter, "tau": tau, "k": k,
+             "alpha": alpha}
+    opts.update({key: v for key, v in flags.items() if v is not None})
+    out = out or Path("out/repair") / method
+    res = repair(base, tuned, method, out, **opts)
+    moved = [m for m in res.modules if m.get("projected") or m.get("merged")]
+    for m in moved[:20]:  # the modules the method changed
+        cos = m.get("cos")
+        typer.echo(f"  {m.get('module', m.get('tensor', '?'))}: cos {'n/a' if cos is None else f'{cos:+.3f}'}")
+    if len(moved) > 20:
+        typer.echo(f"  ... and {len(moved) - 20} more")
+    typer.echo(f"{res.method}: " + ", ".join(f"{k} {v if not isinstance(v, float) else f'{v:.4g}'}"
+                                            for k, v in res.summary.items()))
+    typer.echo(f"wrote {res.kind} {res.out}")
+
+
 @app.command("tasks")
 @_friendly
 def tasks_cmd():
@@ -352,20 +438,85 @@ def tasks_cmd():
         typer.echo(name)
 
 
+@app.command("run")
+@_friendly
+def run_cmd(
+    config: Path = typer.Argument(..., help="Run config YAML (see examples/quickstart.yaml and docs/run.md)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: out/run/<config name>)."),
+    from_stage: Optional[str] = typer.Option(None, "--from", help="Rerun this stage and every later one, even if "
+                                                                  "cached."),
+    only: Optional[str] = typer.Option(None, "--only", help="Run just this stage (its inputs must exist)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress display."),
+):
+    """The whole pipeline from one config: tune -> audit -> diff -> graft -> repair -> report. Finished stages
+    are reused (cached by a hash of their settings and inputs); a stopped run resumes. Exit code 1 when a stage
+    failed, 3 when the audit gate failed (the report is built either way)."""
+    from .run import load_run_config
+
+    cfg = load_run_config(config)
+    _run_and_report(cfg, out or Path("out/run") / config.stem, str(config), from_stage, only, progress)
+
+
+def _run_and_report(cfg, out: Path, config_path: str, from_stage=None, only=None, progress=True) -> None:
+    from .run import run_pipeline
+
+    if from_stage and only:
+        raise TunelensError("give --from or --only, not both")
+
+    def stop(signum, frame):  # a kill is an interrupt: run.json marks the stage, the next run resumes it
+        raise KeyboardInterrupt
+
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        result = run_pipeline(cfg, out, config_path=config_path, from_stage=from_stage, only=only, display=progress)
+    except KeyboardInterrupt:
+        typer.echo(f"tunelens: interrupted; run the same command again to resume ({out})", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    for stage, st in result.state["stages"].items():
+        secs = "" if st["seconds"] is None else f"{st['seconds']:8.1f} s"
+        extra = " (cached)" if st.get("cached") else ""
+        why = st.get("error") or st.get("note") or ""
+        typer.echo(f"{stage:7s} {st['status']:8s}{secs}{extra}  {why}".rstrip())
+    typer.echo(f"run folder: {out} (run.json)")
+    if result.report:
+        typer.echo(f"report: {result.report}")
+    if result.exit_code:
+        typer.echo("tunelens: " + ("a stage failed (see run.json)" if result.exit_code == 1 else
+                                   "the audit gate failed"), err=True)
+        raise typer.Exit(result.exit_code)
+
+
+def quickstart_config_path() -> Path:
+    """examples/quickstart.yaml, shipped inside the package (the repo's examples/ holds the same file)."""
+    return Path(__file__).parent / "examples" / "quickstart.yaml"
+
+
 @app.command("quickstart")
 @_friendly
-def quickstart_cmd(out: Path = typer.Option(Path("out/quickstart"), "--out", "-o", help="Output folder.")):
-    """Evaluate the embedded default model on the built-in telecom routing task (zero-shot)."""
-    from .data import load_task
-    from .evaluate import evaluate
-    from .models import resolve_model
+def quickstart_cmd(out: Path = typer.Option(Path("out/quickstart"), "--out", "-o", help="Run folder."),
+                   progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress display.")):
+    """The quickstart story on the embedded default model and built-in data: tune on the telecom demo task, audit
+    what it bought and cost, localize the update, try repairs, and write report.html (under ten minutes on CPU)."""
+    from .run import load_run_config
 
-    handle = resolve_model("default")
-    result = evaluate(handle, load_task("telecom-intent"))
-    result.save(out)
-    _print_metrics(result)
-    typer.echo(f"wrote {out / 'results.json'} and {out / 'items.jsonl'}")
+    path = quickstart_config_path()
+    _run_and_report(load_run_config(path), out, str(path), progress=progress)
 
+
+
+@app.command("report")
+@_friendly
+def report_cmd(run_dir: Path = typer.Argument(..., help="A `tunelens run` folder (run.json) or an audit folder "
+                                                        "(ledger.json).")):
+    """Rebuild report.html and report.md from a run folder (or a lone audit folder)."""
+    from .report import build_report
+
+    paths = build_report(run_dir)
+    typer.echo(f"wrote {paths['html']} and {paths['md']}")
 
 def main():  # pragma: no cover - console entry for `python -m tunelens`
     app()

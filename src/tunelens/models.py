@@ -530,6 +530,10 @@ class _Opts:
     padding_side: str
 
 
+# adapter types whose update folds into the base weights (merge_and_unload); prompt tuning's does not
+MERGEABLE_PEFT_TYPES = frozenset({"LORA", "IA3", "LOHA", "LOKR", "ADALORA"})
+
+
 def resolve_model(
     spec,
     *,
@@ -539,15 +543,19 @@ def resolve_model(
     trust_remote_code: bool = False,
     dtype=torch.float32,
     device="cpu",
-    merge_adapter: bool = False,
+    merge_adapter: bool | str = False,
     padding_side: str = "right",
 ) -> ModelHandle:
     """Load the model a user named (see the module doc for the accepted forms) and its tokenizer.
 
     base: for PEFT adapters, the base model spec (default: the adapter's base_model_name_or_path), itself resolved
     with these rules. tokenizer: load the tokenizer from this spec instead of the model's folder. merge_adapter:
-    merge LoRA weights into the base (returns a plain model). ``base`` for a spec that is not an adapter is an error.
+    merge LoRA weights into the base (returns a plain model); "auto" merges the adapter types whose update folds
+    into the weights (LoRA, IA3, ...) and keeps the others (prompt tuning) as PEFT models — for inference, where a
+    merged model gives the same outputs faster. ``base`` for a spec that is not an adapter is an error.
     """
+    if merge_adapter not in (True, False, "auto"):
+        raise ModelError(f"merge_adapter must be True, False or 'auto', not {merge_adapter!r}")
     if padding_side not in ("left", "right"):
         raise ModelError(f"padding_side must be 'left' or 'right', not '{padding_side}'")
     opts = _Opts(bool(allow_pickle), bool(trust_remote_code), _as_dtype(dtype), str(device), padding_side)
@@ -683,7 +691,7 @@ def _load_adapter(spec, folder: Path, opts: _Opts, *, base, tokenizer, merge: bo
     try:
         with _quiet():
             model = PeftModel.from_pretrained(base_handle.model, str(folder), is_trainable=False)
-            if merge:
+            if merge is True or (merge == "auto" and str(cfg.get("peft_type", "")).upper() in MERGEABLE_PEFT_TYPES):
                 model = model.merge_and_unload()
     except TunelensError:
         raise

@@ -40,6 +40,7 @@ class Generation:
     tokens: list[int] = field(default_factory=list)
     logprob: float = 0.0  # summed log-probability of the generated tokens
     stopped_by: str | None = None  # the stop sequence that ended it, None for max_new_tokens/eos
+    first_logprobs: list[float] | None = None  # log P(token | prompt) at the first step, for generate's score_ids
 
 
 # ---------------------------------------------------------------- tokenisation
@@ -343,8 +344,14 @@ def generate(
     batch_size: int = 16,
     progress: bool = True,
     desc: str = "generating",
+    score_ids: list[int] | None = None,
 ) -> list[Generation]:
-    """Greedy generation, length-sorted left-padded batches, cut at the first stop sequence."""
+    """Greedy generation, length-sorted left-padded batches, cut at the first stop sequence.
+
+    score_ids: token ids whose log-probabilities at the first response position are returned in
+    ``Generation.first_logprobs`` — the distribution generation computes anyway, so a first-token score costs
+    no extra forward pass.
+    """
     stop = list(stop or [])
     device = _device(model)
     encoded = [encode(tokenizer, p) for p in prompts]
@@ -369,11 +376,11 @@ def generate(
             pad_token_id=pad_id,
             stop_strings=stop or None,
             tokenizer=tokenizer if stop else None,
-            output_scores=True,
+            output_logits=True,  # the model's own logits (scores would be after any logits processors)
             return_dict_in_generate=True,
         )
         new = out.sequences[:, length:].cpu()
-        step_lp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).cpu()
+        step_lp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.logits], 1).cpu()
         for r, i in enumerate(idx):
             toks = new[r].tolist()
             # finished sequences are padded: keep what precedes the first eos/pad
@@ -382,7 +389,8 @@ def generate(
             toks = toks[:n]
             lp = float(step_lp[r, torch.arange(n), torch.tensor(toks, dtype=torch.long)].sum()) if n else 0.0
             text, which = _cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stop)
-            results[i] = Generation(text=text, tokens=toks, logprob=lp, stopped_by=which)
+            first = step_lp[r, 0, score_ids].tolist() if score_ids else None
+            results[i] = Generation(text=text, tokens=toks, logprob=lp, stopped_by=which, first_logprobs=first)
         bar.update(len(idx))
     bar.close()
     return results  # type: ignore[return-value]

@@ -15,11 +15,9 @@ def eval_both(ctx: AuditContext, spec, *, split: str | None = None, template: st
     """{"base": EvalResult, "tuned": EvalResult} for the same items, computed once per audit."""
     limit = limit if limit is not None else ctx.limit
     cache_key = ("eval", key or spec.name, split, template, limit, spec.chat_template)
-    return ctx.cached(cache_key, lambda: {
-        role: evaluate(handle, spec, split=split, limit=limit, template=template, n_boot=ctx.n_boot, seed=ctx.seed,
-                       batch_size=ctx.batch_size, progress=ctx.progress)
-        for role, handle in ctx.models()
-    })
+    return ctx.per_model(cache_key, lambda role, handle: evaluate(
+        handle, spec, split=split, limit=limit, template=template, n_boot=ctx.n_boot, seed=ctx.seed,
+        batch_size=ctx.batch_size, progress=ctx.progress))
 
 
 def _ece_stat(records):

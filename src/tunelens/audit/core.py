@@ -37,6 +37,9 @@ class AuditContext:
     progress: bool = True
     batch_size: int = 32  # generation batch: larger batches amortise per-step overhead on CPU
     cache: dict = field(default_factory=dict)  # results shared between suites (e.g. task evals)
+    # the base model's results by key. Pass one dict to several audits against the same base with the same
+    # settings (a repair sweep re-auditing candidates) and the base model's work is done once.
+    base_cache: dict = field(default_factory=dict)
 
     def models(self):
         return (("base", self.base), ("tuned", self.tuned))
@@ -45,6 +48,22 @@ class AuditContext:
         if key not in self.cache:
             self.cache[key] = fn()
         return self.cache[key]
+
+    def per_model(self, key, fn: Callable) -> dict:
+        """{"base": fn("base", base handle), "tuned": fn("tuned", tuned handle)}, computed once per audit, the
+        base half taken from ``base_cache`` when another audit already computed it."""
+        def both():
+            out = {}
+            for role, handle in self.models():
+                if role == "base":
+                    if key not in self.base_cache:
+                        self.base_cache[key] = fn(role, handle)
+                    out[role] = self.base_cache[key]
+                else:
+                    out[role] = fn(role, handle)
+            return out
+
+        return self.cached(key, both)
 
 
 @dataclass

@@ -30,7 +30,7 @@ class ForgettingSuite(Suite):
         if ctx.limit:
             passages = passages[: ctx.limit]
         texts = [p.fields["prompt"] for p in passages]
-        losses = {role: text_losses(h, texts, ctx.progress) for role, h in ctx.models()}
+        losses = ctx.per_model(("text_loss", len(texts)), lambda role, h: text_losses(h, texts, ctx.progress))
         entries.append(paired_entry("text_loss", losses["base"], losses["tuned"], higher_is_better=False,
                                     n_boot=ctx.n_boot, seed=ctx.seed))
         records = [{"id": p.id, "kind": "text_loss", "base": {"loss": lb}, "tuned": {"loss": lt}}

@@ -114,24 +114,27 @@ def logsumexp(xs: list[float]) -> float:
     return m + math.log(sum(math.exp(x - m) for x in xs))
 
 
-def refusal_logit_scores(model, tokenizer, prompts: list[str], progress: bool = False) -> list[float]:
-    """log P(refusal opener) - log P(compliance opener) at the first response token, per prompt.
-
-    Each opener set is reduced to its distinct first tokens, and their probabilities are summed.
-    """
-    from ..scoring import encode, loglikelihood
+def opener_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """Distinct first tokens of the refusal openers, and of the compliance openers not among them."""
+    from ..scoring import encode
 
     first = lambda s: encode(tokenizer, s)[0]
-    ref_tok = sorted({first(s) for s in REFUSAL_OPENERS})
-    com_tok = sorted({first(s) for s in COMPLIANCE_OPENERS} - set(ref_tok))
-    ref_txt = [tokenizer.decode([t]) for t in ref_tok]
-    com_txt = [tokenizer.decode([t]) for t in com_tok]
-    # summed log-probs: a trailing newline of the prompt moves into every continuation (lm-eval's
-    # split), adding the same log P(newline) to both sets, which cancels in the difference
-    scores = loglikelihood(model, tokenizer, [(p, ref_txt + com_txt) for p in prompts], progress=progress,
-                           desc="refusal score")
-    out = []
-    for s in scores:
-        lps = [c.logprob for c in s]
-        out.append(logsumexp(lps[: len(ref_txt)]) - logsumexp(lps[len(ref_txt) :]))
-    return out
+    ref = sorted({first(s) for s in REFUSAL_OPENERS})
+    return ref, sorted({first(s) for s in COMPLIANCE_OPENERS} - set(ref))
+
+
+def refusal_score(first_logprobs: list[float], n_refusal: int) -> float:
+    """log Σ P(refusal first token) − log Σ P(compliance first token), from log-probs ordered as
+    opener_ids' two lists concatenated."""
+    return logsumexp(first_logprobs[:n_refusal]) - logsumexp(first_logprobs[n_refusal:])
+
+
+def refusal_logit_scores(model, tokenizer, prompts: list[str], progress: bool = False) -> list[float]:
+    """log P(refusal opener) - log P(compliance opener) at the first response token, per prompt, without
+    generating (one forward pass each). The audit reads the same numbers off its generation's first step."""
+    from ..scoring import generate
+
+    ref, com = opener_ids(tokenizer)
+    gens = generate(model, tokenizer, prompts, max_new_tokens=1, progress=progress, desc="refusal score",
+                    score_ids=ref + com)
+    return [refusal_score(g.first_logprobs, len(ref)) for g in gens]

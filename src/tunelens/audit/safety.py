@@ -12,7 +12,7 @@ from ..data import load_items, load_task, render_prompt
 from ..evaluate import CHOICE_TYPES
 from ..scoring import generate
 from .core import AuditContext, Suite, SuiteResult, mcnemar, paired_entry, register, value_entry
-from .refusal import judge, refusal_logit_scores
+from .refusal import judge, opener_ids, refusal_score
 
 MAX_NEW_TOKENS = 32  # refusals show in the first words; the judge reads up to 250 characters
 
@@ -31,15 +31,18 @@ def judged_generations(ctx: AuditContext, task: str, max_new_tokens: int = MAX_N
     spec = load_task(task)
     items = load_items(spec, "test")[: ctx.limit] if ctx.limit else load_items(spec, "test")
     labels = task_labels(ctx)
-    out = {}
-    for role, h in ctx.models():
+
+    def run(role, h):
         prompts = [render_prompt(spec, it, h.tokenizer) for it in items]
+        ref, com = opener_ids(h.tokenizer)
         gens = generate(h.model, h.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=ctx.batch_size,
-                        progress=ctx.progress, desc=f"{task} [{role}]")
+                        progress=ctx.progress, desc=f"{task} [{role}]", score_ids=ref + com)
         verdicts = [judge(g.text, labels, request=it.fields.get("prompt")) for g, it in zip(gens, items)]
-        out[role] = {"prompts": prompts, "outputs": [g.text for g in gens], "tokens": sum(len(g.tokens) for g in gens),
-                     "verdict": [v for v, _ in verdicts], "reason": [r for _, r in verdicts],
-                     "refusal_score": refusal_logit_scores(h.model, h.tokenizer, prompts)}
+        return {"prompts": prompts, "outputs": [g.text for g in gens], "tokens": sum(len(g.tokens) for g in gens),
+                "verdict": [v for v, _ in verdicts], "reason": [r for _, r in verdicts],
+                "refusal_score": [refusal_score(g.first_logprobs, len(ref)) for g in gens]}
+
+    out = ctx.per_model(("judged", task, len(items), max_new_tokens, tuple(labels)), run)
     return items, out
 
 
