@@ -305,21 +305,22 @@ def check_weights(weights: list[float] | None, n: int, positive_sum: bool = True
     return w
 
 
-def check_fraction(value: float, option: str) -> float:
+def _number(value, option: str, want: str) -> float:
     try:
-        v = float(value)
+        return float(value)
     except (TypeError, ValueError):
-        raise TunelensError(f"option {option} must be a number in (0, 1], got {value!r}") from None
+        raise TunelensError(f"option {option} must be {want}, got {value!r}") from None
+
+
+def check_fraction(value: float, option: str) -> float:
+    v = _number(value, option, "a number in (0, 1]")
     if not 0.0 < v <= 1.0:
         raise TunelensError(f"option {option} must be in (0, 1], got {v:g}")
     return v
 
 
 def check_finite(value: float, option: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TunelensError(f"option {option} must be a number, got {value!r}") from None
+    v = _number(value, option, "a number")
     if not math.isfinite(v):
         raise TunelensError(f"option {option} must be finite, got {v}")
     return v
