@@ -13,17 +13,11 @@ from typing import Callable
 import numpy as np
 
 from .. import metrics as M
+from ..registry import registrar
 
 SUITES: dict[str, type["Suite"]] = {}
 
-
-def register(name: str):
-    def wrap(cls):
-        cls.name = name
-        SUITES[name] = cls
-        return cls
-
-    return wrap
+register = registrar(SUITES)
 
 
 @dataclass

@@ -14,17 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TunelensError
+from ..registry import registrar
 
 REPAIRS: dict[str, type["Repair"]] = {}
 
-
-def register(name: str):
-    def wrap(cls):
-        cls.name = name
-        REPAIRS[name] = cls
-        return cls
-
-    return wrap
+register = registrar(REPAIRS)
 
 
 @dataclass
