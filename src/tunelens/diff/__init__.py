@@ -34,7 +34,7 @@ _OPTIONAL = re.compile(r"(^|\.)(lm_head|embed_out|output)\.weight$|rotary_emb\.i
 
 
 @dataclass
-class _Side:
+class Side:
     """One fine-tune being compared with the base: a full checkpoint or a LoRA adapter."""
 
     role: str  # "tuned" | "other"
@@ -94,7 +94,7 @@ def diff_models(base: str | None = None, tuned: str | None = None, other: str | 
     t0 = time.perf_counter()
     workers = max(1, workers or torch.get_num_threads())
     notes: list[str] = []
-    sides = [_open_side(tuned, "tuned")] + ([_open_side(other, "other")] if other is not None else [])
+    sides = [open_side(tuned, "tuned")] + ([open_side(other, "other")] if other is not None else [])
     base_spec = _base_spec(base, sides, notes)
     base_kind, base_path = resolve_path(base_spec)
     if base_kind == "peft_adapter":
@@ -143,9 +143,9 @@ def diff_models(base: str | None = None, tuned: str | None = None, other: str | 
 # ---------------------------------------------------------------------------------------------------- setup
 
 
-def _open_side(spec, role: str) -> _Side:
+def open_side(spec, role: str) -> Side:
     kind, path = resolve_path(spec)
-    side = _Side(role, str(spec), kind, path)
+    side = Side(role, str(spec), kind, path)
     if kind == "peft_adapter":
         side.lora = LoraAdapter(path)
     else:
@@ -153,7 +153,7 @@ def _open_side(spec, role: str) -> _Side:
     return side
 
 
-def _adapter_base(side: _Side) -> str | None:
+def adapter_base(side: Side) -> str | None:
     raw = side.lora.base_spec if side.lora else None
     if not raw:
         return None
@@ -163,15 +163,15 @@ def _adapter_base(side: _Side) -> str | None:
     return str(raw)
 
 
-def _same_model(a: str, b: str) -> bool:
+def same_model(a: str, b: str) -> bool:
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
     if pa.exists() and pb.exists():
         return pa.resolve() == pb.resolve()
     return a.strip() == b.strip()
 
 
-def _base_spec(base, sides: list[_Side], notes: list[str]) -> str:
-    named = [(s, _adapter_base(s)) for s in sides if s.lora is not None]
+def _base_spec(base, sides: list[Side], notes: list[str]) -> str:
+    named = [(s, adapter_base(s)) for s in sides if s.lora is not None]
     if base is None:
         found = [b for _, b in named if b]
         if not found:
@@ -180,7 +180,7 @@ def _base_spec(base, sides: list[_Side], notes: list[str]) -> str:
                                 f"adapter {named[0][0].path} does not name its base model; pass it (--base)")
         base = found[0]
     for side, b in named:
-        if b and not _same_model(b, str(base)):
+        if b and not same_model(b, str(base)):
             notes.append(f"{side.role} adapter was trained on '{b}'; compared with base '{base}' as asked")
     return str(base)
 
@@ -189,7 +189,7 @@ def _show(names: list[str], k: int = 3) -> str:
     return ", ".join(sorted(names)[:k]) + (", ..." if len(names) > k else "")
 
 
-def _plan(base: Checkpoint, sides: list[_Side], notes: list[str]) -> list[str]:
+def _plan(base: Checkpoint, sides: list[Side], notes: list[str]) -> list[str]:
     """The base tensors to compare, after checking every side fits the base architecture."""
     names = [n for n, info in base.tensors.items() if info.torch_dtype is not None]
     skipped = len(base.tensors) - len(names)
@@ -197,14 +197,14 @@ def _plan(base: Checkpoint, sides: list[_Side], notes: list[str]) -> list[str]:
         notes.append(f"{skipped} non-floating tensor(s) of the base skipped")
     for side in sides:
         if side.ckpt is not None:
-            _check_full(base, side, notes)
+            check_full(base, side, notes)
             names = [n for n in names if n in side.ckpt]
         else:
-            _check_lora(base, side)
+            check_lora(base, side)
     return names
 
 
-def _check_full(base: Checkpoint, side: _Side, notes: list[str]) -> None:
+def check_full(base: Checkpoint, side: Side, notes: list[str]) -> None:
     bn, tn = set(base.tensors), set(side.ckpt.tensors)
     only_b, only_t = sorted(bn - tn), sorted(tn - bn)
     bad_b = [n for n in only_b if not _OPTIONAL.search(n)]
@@ -227,7 +227,7 @@ def _check_full(base: Checkpoint, side: _Side, notes: list[str]) -> None:
                                 f"{_fmt(sb)} in base and {_fmt(st)} in {side.role}")
 
 
-def _check_lora(base: Checkpoint, side: _Side) -> None:
+def check_lora(base: Checkpoint, side: Side) -> None:
     ad = side.lora
     for name, mod in ad.modules.items():
         if name not in base:
@@ -261,7 +261,7 @@ def _fmt(shape) -> str:
 # ---------------------------------------------------------------------------------------------------- stream
 
 
-def _reads(base: Checkpoint, names: list[str], sides: list[_Side]):
+def _reads(base: Checkpoint, names: list[str], sides: list[Side]):
     """Runs in the reader thread: every slab of every compared tensor, base and each side together."""
     for name in names:
         facs = [s.factor(name) for s in sides]

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from ..diff import _adapter_base, _check_full, _check_lora, _open_side, _Side, _same_model
+from ..diff import adapter_base, check_full, check_lora, open_side, Side, same_model
 from ..diff.stream import Checkpoint, TensorInfo
 from ..errors import TunelensError
 from ..models import resolve_path
@@ -42,7 +42,7 @@ class MergeInputs:
 
     base: Checkpoint
     base_path: Path
-    sides: list[_Side]
+    sides: list[Side]
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -71,7 +71,7 @@ class MergeInputs:
         return base, out
 
 
-def _scalar(side: _Side, name: str):
+def _scalar(side: Side, name: str):
     if side.ckpt is not None:
         return "t", side.ckpt.read(name)
     stored = side.lora.replaced.get(name) or side.lora.base_layers.get(name)
@@ -84,10 +84,10 @@ def _work_dtype(info: TensorInfo) -> torch.dtype:
 
 def open_inputs(base: str | None, tuned: str, models: list[str] | tuple = ()) -> MergeInputs:
     """Open the base and the fine-tunes; a LoRA adapter's base is taken from its config when ``base`` is None."""
-    sides = [_open_side(spec, "tuned" if i == 0 else f"model {i} ({spec})") for i, spec in enumerate([tuned, *models])]
+    sides = [open_side(spec, "tuned" if i == 0 else f"model {i} ({spec})") for i, spec in enumerate([tuned, *models])]
     notes: list[str] = []
     if base is None:
-        found = [b for b in (_adapter_base(s) for s in sides if s.lora is not None) if b]
+        found = [b for b in (adapter_base(s) for s in sides if s.lora is not None) if b]
         if not found:
             raise TunelensError("pass the base model: it cannot be read from a full tuned checkpoint")
         base = found[0]
@@ -95,22 +95,22 @@ def open_inputs(base: str | None, tuned: str, models: list[str] | tuple = ()) ->
     if kind == "peft_adapter":
         raise TunelensError(f"the base model must be a full checkpoint, not an adapter ({base})")
     for side in sides:
-        if _same_model(str(side.path), str(base_path)) and side.role != "tuned":
+        if same_model(str(side.path), str(base_path)) and side.role != "tuned":
             notes.append(f"{side.role} is the base model itself")
-        b = _adapter_base(side) if side.lora is not None else None
-        if b and not _same_model(b, str(base_path)) and not _same_model(b, str(base)):
+        b = adapter_base(side) if side.lora is not None else None
+        if b and not same_model(b, str(base_path)) and not same_model(b, str(base)):
             notes.append(f"{side.role} adapter was trained on '{b}'; merged onto base '{base}' as asked")
     ckpt = Checkpoint(base_path)
     _check_model_type(base_path, sides)
     for side in sides:
         if side.ckpt is not None:
-            _check_full(ckpt, side, notes)
+            check_full(ckpt, side, notes)
         else:
-            _check_lora(ckpt, side)
+            check_lora(ckpt, side)
     return MergeInputs(ckpt, base_path, sides, notes)
 
 
-def _check_model_type(base_path: Path, sides: list[_Side]) -> None:
+def _check_model_type(base_path: Path, sides: list[Side]) -> None:
     want = _model_type(base_path)
     for side in sides:
         if side.ckpt is None:
