@@ -2,12 +2,18 @@
 # The quickstart end to end: `tunelens run examples/quickstart.yaml` into a fresh temporary folder, then each
 # stage's wall time (from run.json). Last line: quickstart: seconds=X
 #   bench/quickstart.sh [CONFIG]        (default examples/quickstart.yaml; needs `make install` first)
+# The run goes to a temporary folder, removed at the end; set QUICKSTART_OUT=DIR (a new folder) to keep it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG="${1:-examples/quickstart.yaml}"
 BIN="${TUNELENS_BIN:-.venv/bin}"
-OUT="$(mktemp -d "${TMPDIR:-/tmp}/tunelens-quickstart.XXXXXX")"
-trap 'rm -rf "$OUT"' EXIT
+if [ -n "${QUICKSTART_OUT:-}" ]; then
+  OUT="$QUICKSTART_OUT"
+  mkdir -p "$OUT"
+else
+  OUT="$(mktemp -d "${TMPDIR:-/tmp}/tunelens-quickstart.XXXXXX")"
+  trap 'rm -rf "$OUT"' EXIT
+fi
 
 start=$(date +%s.%N)
 status=0

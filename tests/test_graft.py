@@ -104,6 +104,9 @@ def test_endpoints_and_saved_models(tiny_model_dir, tuned_dir, task, tmp_path):
     s0, s1 = r["results"]
     assert s0["kept"] == 0 and s1["kept"] == r["eligible"]["entries"] and s1["kept_fraction"] == 1.0
     assert s0["score"]["graft"] == s0["score"]["base"]
+    assert r["loss"]["tuned"] < r["loss"]["base"]  # the tune lowered its own task's loss
+    assert s0["loss_recovered"] == pytest.approx(0.0, abs=1e-6)
+    assert s1["loss_recovered"] == pytest.approx(1.0, abs=1e-6)
     assert r["notes"] and "embed_tokens" in r["notes"][0]  # the tune changed the (tied) embeddings too
     from safetensors.torch import load_file
 
@@ -179,3 +182,15 @@ def test_cli_writes_graft_json(tiny_model_dir, tuned_dir, task, tmp_path):
     bad = CliRunner().invoke(app, ["graft", "--base", str(tiny_model_dir), "--tuned", str(tuned_dir), "--task",
                                    str(task), "--sparsity", "abc", "--out", str(out)])
     assert bad.exit_code == 2 and "sparsity" in bad.output
+
+
+def test_minibatch_steps_are_seeded_and_differ_from_full_batch(tiny_model_dir, tuned_dir, task):
+    kw = dict(steps=2, lr=1e7, examples=6, select_limit=4, seed=3)
+    calls = []
+    a = graft(tiny_model_dir, tuned_dir, task, [0.05], batch_size=2, progress=lambda *p: calls.append(p),
+              **kw)["results"][0]["history"]
+    assert calls == [(1, 2), (2, 2)]
+    b = graft(tiny_model_dir, tuned_dir, task, [0.05], batch_size=2, **kw)["results"][0]["history"]
+    full = graft(tiny_model_dir, tuned_dir, task, [0.05], batch_size=6, **kw)["results"][0]["history"]
+    assert [x["loss"] for x in a[1:]] == [x["loss"] for x in b[1:]]  # same seed, same minibatches
+    assert a[1]["loss"] != pytest.approx(full[1]["loss"], abs=1e-7)  # a 2-example batch is not the 6-example pool

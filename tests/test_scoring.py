@@ -122,3 +122,20 @@ def test_shared_prefix_is_computed_once_and_changes_nothing(tiny, monkeypatch):
     assert _flat(got) == pytest.approx(_flat(ref), abs=1e-4)
     plain = loglikelihood(model, tok, reqs, share_prefix=False, progress=False)
     assert _flat(got) == pytest.approx(_flat(plain), abs=1e-4)
+
+
+def test_generate_with_a_shared_prefix_matches_one_prompt_at_a_time(tiny, monkeypatch):
+    model, tok = tiny
+    system = "the cat sat on the mat and the dog ran fast over the green house by the river "
+    prompts = [system + " ".join(WORDS[i : i + 1 + (3 * i) % 7]) for i in range(9)]
+    calls = []
+    real = scoring._generation_prefix
+    monkeypatch.setattr(scoring, "_generation_prefix", lambda *a: calls.append(r := real(*a)) or r)
+    kw = dict(max_new_tokens=6, progress=False, score_ids=[5, 7])
+    shared = generate(model, tok, prompts, batch_size=4, **kw)
+    assert calls[0] is not None and calls[0][0] >= 15  # the system text was run once and its cache reused
+    alone = generate(model, tok, prompts, batch_size=1, share_prefix=False, **kw)
+    assert [g.tokens for g in shared] == [g.tokens for g in alone]
+    assert [g.logprob for g in shared] == pytest.approx([g.logprob for g in alone], abs=1e-4)
+    assert [x for g in shared for x in g.first_logprobs] == pytest.approx(
+        [x for g in alone for x in g.first_logprobs], abs=1e-4)

@@ -311,9 +311,11 @@ def graft_cmd(
     task: str = typer.Option(..., "--task", help="Task spec (YAML), data file or built-in task name."),
     sparsity: str = typer.Option("1e-4,1e-3,1e-2", "--sparsity", "-s", help="Comma-separated fractions of the "
                                                                             "eligible entries to graft."),
-    steps: int = typer.Option(100, "--steps", help="Mask optimisation steps (0: top-|Δ| mask only)."),
+    steps: int = typer.Option(20, "--steps", help="Mask optimisation steps (0: top-|Δ| mask only)."),
     lr: float = typer.Option(1e7, "--lr", help="Step size on the mask logits S (σ'(S-10) ≈ 4.5e-5)."),
-    examples: int = typer.Option(256, "--examples", help="Train examples in the fixed loss batch."),
+    examples: int = typer.Option(256, "--examples", help="Train examples in the pool the loss is computed on."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Examples per step, drawn from the pool (the whole "
+                                                            "pool when it is smaller)."),
     select_limit: int = typer.Option(64, "--select-limit", help="Items of train and of validation scoring "
                                                                 "the rounded mask after each step."),
     eval_limit: Optional[int] = typer.Option(None, "--limit", help="Items of the eval split for the reported "
@@ -332,14 +334,23 @@ def graft_cmd(
         sparsities = [float(x) for x in sparsity.split(",") if x.strip()]
     except ValueError:
         raise TunelensError(f"--sparsity '{sparsity}': give comma-separated numbers, e.g. 1e-4,1e-3") from None
-    result = graft(base, tuned, task, sparsities, steps=steps, lr=lr, examples=examples, out=out,
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(sparsities) * steps, desc="graft steps", unit="step", disable=not steps)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    result = graft(base, tuned, task, sparsities, steps=steps, lr=lr, examples=examples, batch_size=batch_size, out=out,
                    save_model=save_model, seed=seed, include_embeddings=include_embeddings,
-                   select_limit=select_limit, eval_limit=eval_limit)
+                   select_limit=select_limit, eval_limit=eval_limit, progress=progress)
+    bar.close()
     for r in result["results"]:
         sc, g = r["score"], r["gain_recovered"]
         typer.echo(f"s={r['sparsity']:g}: kept {r['kept']} entries; {result['metric']} base {sc['base']:.4f}, "
                    f"tuned {sc['tuned']:.4f}, graft {sc['graft']:.4f}; gain recovered "
-                   f"{'n/a' if g is None else f'{g:.3f}'}")
+                   f"{'n/a' if g is None else f'{g:.3f}'}; loss recovered "
+                   f"{'n/a' if r['loss_recovered'] is None else format(r['loss_recovered'], '.3f')}")
     typer.echo(f"wrote {out / 'graft.json'}")
 
 

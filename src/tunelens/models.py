@@ -651,7 +651,7 @@ def _load_tokenizer_spec(spec: str, opts: _Opts):
     return _load_tokenizer_folder(path, opts)
 
 
-def _adapter_base_spec(raw: str, folder: Path) -> str:
+def adapter_base_spec(raw: str, folder: Path) -> str:
     """A relative base path in adapter_config is tried against the adapter folder when it is not valid from cwd."""
     p = Path(raw).expanduser()
     if not p.is_absolute() and not p.exists() and not _is_embedded(raw) and (folder / p).exists():
@@ -671,7 +671,7 @@ def _load_adapter(spec, folder: Path, opts: _Opts, *, base, tokenizer, merge: bo
         raise ModelError(
             f"adapter {folder} does not name its base model (base_model_name_or_path); pass the base model (--base)"
         )
-    base_spec = str(base_spec).strip() if base is not None else _adapter_base_spec(str(base_spec).strip(), folder)
+    base_spec = str(base_spec).strip() if base is not None else adapter_base_spec(str(base_spec).strip(), folder)
     _check_weights(folder, opts.allow_pickle, stem="adapter_model")
 
     own_tok = want_tok and not tokenizer and _has_tokenizer(folder)

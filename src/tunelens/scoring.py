@@ -8,7 +8,7 @@ model's compute) is applied only at the positions whose next token is scored: fo
 choices that is one position per question, however many choices it has.
 
 When every request starts with the same tokens (a system prompt, a shared instruction), that prefix
-is run once and its key/value cache is reused by every batch.
+is run once and its key/value cache is reused by every batch, in scoring and in generation alike.
 
 Tokenisation follows lm-evaluation-harness (`encode(context + continuation)` split at the length of
 `encode(context)`, trailing spaces of the context moved to the continuation), so scores agree with it.
@@ -334,6 +334,25 @@ def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, str | None]:
 
 
 @torch.inference_mode()
+def _generation_prefix(model, encoded: list[list[int]]):
+    """(n, key/value cache of the first n tokens, generate's name for it) when all prompts share n >= MIN_SHARED_PREFIX leading tokens
+    (each keeps at least one token of its own), else None. Needs a plain decoder (see _split_head)."""
+    split = _split_head(model)
+    if split is None or len(encoded) < 2:
+        return None
+    first, n = encoded[0], min(len(e) for e in encoded) - 1
+    for e in encoded[1:]:
+        k = 0
+        while k < n and e[k] == first[k]:
+            k += 1
+        n = k
+    if n < MIN_SHARED_PREFIX:
+        return None
+    out = split[0](input_ids=torch.tensor([first[:n]], device=_device(model)), use_cache=True)
+    return n, getattr(out, "cache", None) or out.past_key_values, _cache_kwarg(split[0])
+
+
+@torch.inference_mode()
 def generate(
     model,
     tokenizer,
@@ -345,31 +364,49 @@ def generate(
     progress: bool = True,
     desc: str = "generating",
     score_ids: list[int] | None = None,
+    share_prefix: bool = True,
 ) -> list[Generation]:
     """Greedy generation, length-sorted left-padded batches, cut at the first stop sequence.
 
     score_ids: token ids whose log-probabilities at the first response position are returned in
     ``Generation.first_logprobs`` — the distribution generation computes anyway, so a first-token score costs
     no extra forward pass.
+
+    When every prompt starts with the same tokens (the chat template's system prompt, a shared instruction),
+    that prefix is run once and each batch starts from a copy of its key/value cache: a batch is laid out as
+    [prefix | left padding | rest of the prompt], and position ids, computed from the attention mask, skip the
+    padding, so each prompt is generated as if it were alone.
     """
     stop = list(stop or [])
     device = _device(model)
     encoded = [encode(tokenizer, p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    prefix = _generation_prefix(model, encoded) if share_prefix else None
+    n_prefix = prefix[0] if prefix else 0
+    rest = [e[n_prefix:] for e in encoded]
+    order = sorted(range(len(prompts)), key=lambda i: -len(rest[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[Generation | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="item")
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        length = max(len(encoded[i]) for i in idx)
+        width = max(len(rest[i]) for i in idx)
+        length = n_prefix + width
         ids = torch.full((len(idx), length), pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), length), dtype=torch.long)
+        mask[:, :n_prefix] = 1
         for r, i in enumerate(idx):
-            ids[r, length - len(encoded[i]) :] = torch.tensor(encoded[i])
-            mask[r, length - len(encoded[i]) :] = 1
+            ids[r, :n_prefix] = torch.tensor(encoded[i][:n_prefix], dtype=torch.long)
+            ids[r, length - len(rest[i]) :] = torch.tensor(rest[i])
+            mask[r, length - len(rest[i]) :] = 1
+        extra = {}
+        if prefix:
+            cache = copy.deepcopy(prefix[1])
+            cache.batch_repeat_interleave(len(idx))
+            extra[prefix[2]] = cache
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
+            **extra,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,

@@ -154,13 +154,10 @@ def open_side(spec, role: str) -> Side:
 
 
 def adapter_base(side: Side) -> str | None:
+    from ..models import adapter_base_spec
+
     raw = side.lora.base_spec if side.lora else None
-    if not raw:
-        return None
-    p = Path(raw).expanduser()
-    if not p.is_absolute() and not p.exists() and (side.path / p).exists():
-        return str((side.path / p).resolve())  # a base path relative to the adapter folder
-    return str(raw)
+    return adapter_base_spec(str(raw).strip(), side.path) if raw else None
 
 
 def same_model(a: str, b: str) -> bool:

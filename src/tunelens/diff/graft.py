@@ -4,7 +4,9 @@ grafted onto the base, recovers most of the fine-tune's gain on a task.
 θ(γ) = θ_base + γ⊙Δ with Δ = θ_tuned − θ_base over the *eligible* tensors (transformer blocks; embeddings,
 the final norm and the head stay at the base unless ``include_embeddings``). γ_base marks the global top-(s·N)
 entries by |Δ|; γ = γ_base + (1 − 2γ_base)⊙σ(S − 10) with S ~ U[0,1) (seeded). Only S is trained, with plain
-steps S ← S − lr·∂L/∂S on the SFT loss (completion tokens) of a fixed batch of train examples; after every step
+steps S ← S − lr·∂L/∂S on the SFT loss (completion tokens) of train examples — a fixed pool of ``examples``, from
+which each step takes a seeded minibatch of ``batch_size`` (the whole pool when it is smaller: the paper's
+full-batch setting; minibatches make a step affordable on a CPU); after every step
 (and before the first) the rounded mask round(γ) is scored on a small train+validation subset and the best is
 kept. Everything is held in memory (base and tuned weights, Δ, S and its gradient: ~5x the eligible
 parameters in fp32, plus the model): meant for small models.
@@ -233,16 +235,18 @@ def _selection_score(handle, spec, limit: int):
 # ---------------------------------------------------------------------------------------------------- graft
 
 
-def graft(base, tuned, task, sparsities, steps: int = 100, lr: float = 1e7, examples: int = 256, out=None,
+def graft(base, tuned, task, sparsities, steps: int = 20, lr: float = 1e7, examples: int = 256, out=None,
           save_model: bool = False, seed: int = 0, *, include_embeddings: bool = False, select_limit: int = 64,
-          eval_limit: int | None = None, max_length: int = 512, micro_batch: int = 8) -> dict:
+          eval_limit: int | None = None, max_length: int = 512, micro_batch: int = 8, batch_size: int = 16,
+          progress=None) -> dict:
     """Graft the top-s fine-tuned entries (then optimise the mask) for each sparsity s; returns graft.json content.
 
     base: the base model (optional when ``tuned`` is a LoRA adapter naming its base); tuned: full checkpoint or
     PEFT LoRA adapter (merged). task: task spec (path/dict/TaskSpec). ``select_limit``: items per split
     (train, validation) scoring the rounded mask after each step. ``eval_limit``: items of the eval split for
     the reported scores (None: all). ``out``: folder for graft.json, mask-s{s}.safetensors and, with
-    ``save_model``, model-s{s}/.
+    ``save_model``, model-s{s}/. ``progress(done, total)`` is called after every mask step (total: steps over
+    all sparsities).
     """
     from ..data import load_task
     from ..evaluate import CHOICE_TYPES
@@ -253,8 +257,8 @@ def graft(base, tuned, task, sparsities, steps: int = 100, lr: float = 1e7, exam
     sparsities = [float(s) for s in sparsities]
     if not sparsities or any(not 0.0 <= s <= 1.0 for s in sparsities):
         raise TunelensError("sparsities must be fractions in [0, 1], e.g. 1e-4,1e-3,1e-2")
-    if steps < 0 or examples <= 0:
-        raise TunelensError("steps must be >= 0 and examples > 0")
+    if steps < 0 or examples <= 0 or batch_size <= 0:
+        raise TunelensError("steps must be >= 0, and examples and batch_size > 0")
     torch.manual_seed(seed)
     base_h, tuned_h = _load_pair(base, tuned)
     notes: list[str] = []
@@ -279,6 +283,9 @@ def graft(base, tuned, task, sparsities, steps: int = 100, lr: float = 1e7, exam
         raise TunelensError("no train example has a completion token within max_length")
     n_elig = sum(d.numel() for d in base_w.values())
     out = Path(out) if out is not None else None
+    with torch.no_grad():  # the batch loss at both ends, so each graft's loss can be read as a share of the change
+        loss_base = _loss(model, lambda: base_w, rows, pad_id, micro_batch)
+        loss_tuned = _loss(model, lambda: tuned_w, rows, pad_id, micro_batch)
 
     results = []
     for s in sparsities:
@@ -304,10 +311,12 @@ def graft(base, tuned, task, sparsities, steps: int = 100, lr: float = 1e7, exam
             loss0 = _loss(model, lambda: {n: base_w[n] + gb[n].float() * deltas[n] for n in deltas}, rows, pad_id,
                           micro_batch)
         history = [{"step": 0, "selection_score": best_score, "kept": int(sum(int(m.sum()) for m in gb.values()))}]
+        pick = random.Random(seed)
         for step in range(1, steps + 1):
             for t in S.values():
                 t.grad = None
-            loss = _loss(model, params_fn, rows, pad_id, micro_batch, backward=True)
+            batch = rows if batch_size >= len(rows) else pick.sample(rows, batch_size)
+            loss = _loss(model, params_fn, batch, pad_id, micro_batch, backward=True)
             with torch.no_grad():
                 for t in S.values():
                     t -= lr * t.grad
@@ -318,6 +327,8 @@ def graft(base, tuned, task, sparsities, steps: int = 100, lr: float = 1e7, exam
             history.append({"step": step, "loss": loss, "selection_score": score, "kept": kept})
             if score > best_score:
                 best_score, best_step, best_mask = score, step, mask
+            if progress is not None:
+                progress(len(results) * steps + step, len(sparsities) * steps)
         _apply(model, base_w, tuned_w, best_mask)
         with torch.no_grad():
             loss_best = _loss(model, lambda: {n: base_w[n] + best_mask[n].float() * deltas[n] for n in deltas}, rows,
@@ -329,6 +340,7 @@ def graft(base, tuned, task, sparsities, steps: int = 100, lr: float = 1e7, exam
             "selection_score": best_score, "loss_gamma_base": loss0, "loss_best": loss_best,
             "score": {"base": p_base, "tuned": p_tuned, "graft": p_graft},
             "gain_recovered": gain_recovered(p_base, p_tuned, p_graft),
+            "loss_recovered": gain_recovered(loss_base, loss_tuned, loss_best),
             "ece": {"base": ece_base, "tuned": ece_tuned, "graft": ece_graft},
             "history": history,
         }
@@ -350,10 +362,11 @@ def graft(base, tuned, task, sparsities, steps: int = 100, lr: float = 1e7, exam
         "base": str(base_h.name), "tuned": str(tuned),
         "task": {"name": spec.name, "type": spec.type, "eval_split": spec.eval_split, "n_eval": n_eval},
         "metric": "accuracy" if spec.type in CHOICE_TYPES else "exact_match",
-        "options": {"steps": steps, "lr": lr, "examples": examples, "seed": seed,
+        "options": {"steps": steps, "lr": lr, "examples": examples, "batch_size": batch_size, "seed": seed,
                     "include_embeddings": include_embeddings, "select_limit": select_limit,
                     "eval_limit": eval_limit, "max_length": max_length},
         "eligible": {"tensors": len(base_w), "entries": n_elig},
+        "loss": {"base": loss_base, "tuned": loss_tuned},
         "notes": notes,
         "results": results,
         "seconds": round(time.perf_counter() - t0, 3),

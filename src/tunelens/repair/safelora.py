@@ -67,9 +67,9 @@ class WeightSource:
 
 
 def _adapter_base(adapter: LoraAdapter) -> str:
-    from ..models import _adapter_base_spec
+    from ..models import adapter_base_spec
 
-    return _adapter_base_spec(str(adapter.base_spec).strip(), adapter.folder)
+    return adapter_base_spec(str(adapter.base_spec).strip(), adapter.folder)
 
 
 def check_same_architecture(u: WeightSource, a: WeightSource) -> None:

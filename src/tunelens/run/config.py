@@ -41,6 +41,7 @@ class GraftSection:
     steps: int = 10
     lr: float = 1e7
     examples: int = 64
+    batch_size: int = 16
     select_limit: int = 32
     eval_limit: int | None = 64
     include_embeddings: bool = False

@@ -76,8 +76,8 @@ def graft_stage(ctx: StageContext) -> dict:
 
     g = ctx.cfg.graft
     graft(ctx.base, ctx.tuned, graft_task(ctx.cfg), g.sparsities, steps=g.steps, lr=g.lr, examples=g.examples,
-          out=ctx.out, seed=g.seed, include_embeddings=g.include_embeddings, select_limit=g.select_limit,
-          eval_limit=g.eval_limit)
+          batch_size=g.batch_size, out=ctx.out, seed=g.seed, include_embeddings=g.include_embeddings,
+          select_limit=g.select_limit, eval_limit=g.eval_limit, progress=ctx.step)
     return {}
 
 
