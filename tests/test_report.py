@@ -162,7 +162,8 @@ def test_verdict_ranks_gains_and_costs_by_interval():
                                         "n": 50, "higher_is_better": hib}
     ledger = {"suites": {"task": {"status": "ok", "entries": [
         e("accuracy", 0.20, 0.10, 0.30), e("f1", 0.30, -0.30, 0.90), e("ece", 0.05, 0.04, 0.06, hib=False)]},
-        "safety": {"status": "ok", "entries": [e("refusal_rate", -0.10, -0.15, -0.05), e("x", 0.0, -0.1, 0.1)]}}}
+        "safety": {"status": "ok", "entries": [e("refusal_rate", -0.10, -0.15, -0.05), e("x", 0.0, -0.1, 0.1),
+                                               {**e("refusal_rate.fraud", -1.0, -1.0, -1.0), "category": "fraud"}]}}}
     gains, costs = ranked_changes(ledger)
     assert [(c.suite, c.metric) for c in gains] == [("task", "accuracy"), ("task", "f1")]
     assert [c.significant for c in gains] == [True, False]

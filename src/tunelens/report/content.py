@@ -48,12 +48,15 @@ class Change:
 
 
 def ranked_changes(ledger: dict | None, k: int = 3) -> tuple[list[Change], list[Change]]:
-    """The k largest gains and k largest costs, by |delta| relative to its interval."""
+    """The k largest gains and k largest costs, by |delta| relative to its interval.
+
+    Per-category breakdowns (entries with a ``category``) are left out: they restate their suite's headline
+    metric on a few items each, where a one-item category has a zero-width interval and would outrank it."""
     gains, costs = [], []
     for suite, block in ((ledger or {}).get("suites") or {}).items():
         for e in block.get("entries") or []:
             z = standardized(e)
-            if z is None or not e.get("delta"):
+            if z is None or not e.get("delta") or e.get("category") is not None:
                 continue
             good = (e["delta"] > 0) == e.get("higher_is_better", True)
             (gains if good else costs).append(Change(suite, e, abs(z), direction(e) != ""))

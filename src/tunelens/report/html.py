@@ -271,10 +271,10 @@ def _graft(data: RunData) -> str:
     metric = g.get("metric", "score")
     task = (g.get("task") or {}).get("name", "")
     table = _table(["sparsity", "entries kept", f"base {escape(metric)}", f"tuned {escape(metric)}",
-                    f"graft {escape(metric)}", "gain recovered", "ECE graft"],
+                    f"graft {escape(metric)}", "gain recovered", "loss recovered", "ECE graft"],
                    [[f"{r['sparsity']:g}", escape(str(r.get("kept", "–"))), C.fmt(r["score"].get("base")),
                      C.fmt(r["score"].get("tuned")), C.fmt(r["score"].get("graft")), C.fmt(r.get("gain_recovered")),
-                     C.fmt((r.get("ece") or {}).get("graft"))] for r in rows])
+                     C.fmt(r.get("loss_recovered")), C.fmt((r.get("ece") or {}).get("graft"))] for r in rows])
     note = ("" if any(r.get("gain_recovered") is not None for r in rows) else
             "<p class=\"muted\">Gain recovered is undefined here: base and tuned score the same on this task.</p>")
     return (f"<p>Task <b>{escape(task)}</b>: grafting only the top fraction of fine-tuned entries onto the base "

@@ -140,9 +140,10 @@ def _graft(data: RunData) -> list[str]:
     g = data.graft
     if g is None:
         return _missing(data.stages["graft"].why)
-    return _table(["sparsity", "kept", "base", "tuned", "graft", "gain recovered"],
+    return _table(["sparsity", "kept", "base", "tuned", "graft", "gain recovered", "loss recovered"],
                   [[f"{r['sparsity']:g}", str(r.get("kept", "–")), C.fmt(r["score"].get("base")),
-                    C.fmt(r["score"].get("tuned")), C.fmt(r["score"].get("graft")), C.fmt(r.get("gain_recovered"))]
+                    C.fmt(r["score"].get("tuned")), C.fmt(r["score"].get("graft")), C.fmt(r.get("gain_recovered")),
+                    C.fmt(r.get("loss_recovered"))]
                    for r in g.get("results") or []])
 
 

@@ -102,8 +102,9 @@ def heatmap(heat: dict) -> str:
 
 
 def graft_curve(rows: list[dict], metric: str) -> str:
-    """Gain recovered by the grafted sparse update vs the fraction of entries kept (log x); when the tune
-    gained nothing (gain recovered undefined) the graft's own score against base and tuned instead."""
+    """Gain recovered (task metric, and task loss when recorded) by the grafted sparse update vs the fraction of
+    entries kept (log x); when the tune gained nothing (gain recovered undefined) the graft's own score against
+    base and tuned instead."""
     rows = sorted((r for r in rows if r.get("sparsity", 0) > 0), key=lambda r: r["sparsity"])
     gains = [r for r in rows if r.get("gain_recovered") is not None]
     with rc_context(STYLE):
@@ -111,7 +112,11 @@ def graft_curve(rows: list[dict], metric: str) -> str:
         ax = fig.add_subplot()
         if gains:
             ax.plot([r["sparsity"] for r in gains], [100 * r["gain_recovered"] for r in gains], marker="o",
-                    color=BLUE, lw=2, label="graft")
+                    color=BLUE, lw=2, label=f"graft: {metric}")
+            losses = [r for r in gains if r.get("loss_recovered") is not None]
+            if losses:  # the task loss moves before a few-way accuracy does
+                ax.plot([r["sparsity"] for r in losses], [100 * r["loss_recovered"] for r in losses], marker="s",
+                        color=ORANGE, lw=1.5, ls="--", label="graft: task loss")
             ax.axhline(100, color=GREEN, ls="--", lw=1, label="tuned (100%)")
             ax.axhline(0, color=GREY, ls=":", lw=1, label="base (0%)")
             ax.set_ylabel(f"gain recovered (% of tuned − base {metric})")
