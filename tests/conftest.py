@@ -25,6 +25,29 @@ _TINY_CORPUS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny models gain nothing from threads, and on a busy 2-core machine 2 threads are ~30x slower.
+    Use per module: ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def write_pets_task(folder, n: int, extra: str = ""):
+    """A tiny cat/dog classification task of n rows in folder (t.yaml + d.jsonl); returns the spec path."""
+    import json
+
+    rows = [{"id": f"q{i}", "text": f"message {i} about {'cats' if i % 2 else 'dogs'}", "label": "cat" if i % 2 else "dog"}
+            for i in range(n)]
+    (folder / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "t.yaml").write_text("name: pets\ntype: classification\ndata: d.jsonl\ntemplate: 'Animal? {text}'\n" + extra)
+    return folder / "t.yaml"
+
+
 def make_tiny_tokenizer(pad: bool = True):
     """A byte-level BPE (GPT-2 style, ~400 tokens) trained in memory, as a PreTrainedTokenizerFast with
     bos=<|im_start|>, eos=<|im_end|>, pad=<|endoftext|> (or no pad) and a ChatML chat template."""

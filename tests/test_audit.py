@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import write_pets_task
 from tunelens.audit import SUITES, AuditContext, Suite, SuiteResult, check_tokenizers, register, run_audit
 from tunelens.audit import gate as G
 from tunelens.audit.compatibility import choice_flips, generation_flips
@@ -22,16 +23,11 @@ def tiny(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def mc_task(tmp_path_factory):
-    d = tmp_path_factory.mktemp("task")
-    rows = [{"id": f"q{i}", "text": f"message {i} about {'cats' if i % 2 else 'dogs'}", "label": "cat" if i % 2 else "dog"}
-            for i in range(12)]
-    (d / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (d / "t.yaml").write_text("name: pets\ntype: classification\ndata: d.jsonl\ntemplate: 'Animal? {text}'\n"
-                              "paraphrases: ['Which pet? {text}', '{text} -> animal:', 'Pet in: {text}', "
-                              "'Classify {text}']\n")
     from tunelens.data import load_task
 
-    return load_task(d / "t.yaml")
+    return load_task(write_pets_task(tmp_path_factory.mktemp("task"), 12,
+                                     "paraphrases: ['Which pet? {text}', '{text} -> animal:', 'Pet in: {text}', "
+                                     "'Classify {text}']\n"))
 
 
 def test_self_audit_has_zero_deltas_and_no_flips(tiny, mc_task, tmp_path):

@@ -8,18 +8,14 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
+from conftest import write_pets_task
 from tunelens.errors import TunelensError
 from tunelens.repair.sweep import best, check_select, pareto, run_sweep
 
 
 @pytest.fixture(scope="module")
 def mc_task_file(tmp_path_factory):
-    d = tmp_path_factory.mktemp("task")
-    rows = [{"id": f"q{i}", "text": f"message {i} about {'cats' if i % 2 else 'dogs'}", "label": "cat" if i % 2 else "dog"}
-            for i in range(8)]
-    (d / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (d / "t.yaml").write_text("name: pets\ntype: classification\ndata: d.jsonl\ntemplate: 'Animal? {text}'\n")
-    return d / "t.yaml"
+    return write_pets_task(tmp_path_factory.mktemp("task"), 8)
 
 
 @pytest.fixture(scope="module")

@@ -49,13 +49,7 @@ ANIMALS = ("cat", "dog")
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny models gain nothing from threads, and on a busy 2-core machine 2 threads are ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_task(folder: Path, name: str = "t", n: int = 20, labels=ANIMALS, words: int = 1) -> Path:
