@@ -146,6 +146,17 @@ def _row_mask(row: _Row, length: int) -> torch.Tensor:
 MIN_SHARED_PREFIX = 8
 
 
+def _common_prefix(first: list[int], others, cap: int) -> int:
+    """How many leading tokens (at most cap) every sequence in others shares with first."""
+    n = cap
+    for seq in others:
+        k = 0
+        while k < n and seq[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
 @torch.inference_mode()
 def _shared_prefix(model, rows: list[_Row], split):
     """Cut the context tokens every row starts with out of the rows; return (n, its KV cache) or None.
@@ -156,12 +167,7 @@ def _shared_prefix(model, rows: list[_Row], split):
     if split is None or len(rows) < 2:
         return None
     first = rows[0].tokens[: rows[0].ctx_len]
-    n = min(r.ctx_len for r in rows) - 1
-    for r in rows[1:]:
-        k = 0
-        while k < n and r.tokens[k] == first[k]:
-            k += 1
-        n = k
+    n = _common_prefix(first, [r.tokens for r in rows[1:]], min(r.ctx_len for r in rows) - 1)
     if n < MIN_SHARED_PREFIX:
         return None
     backbone, _ = split
@@ -340,12 +346,8 @@ def _generation_prefix(model, encoded: list[list[int]]):
     split = _split_head(model)
     if split is None or len(encoded) < 2:
         return None
-    first, n = encoded[0], min(len(e) for e in encoded) - 1
-    for e in encoded[1:]:
-        k = 0
-        while k < n and e[k] == first[k]:
-            k += 1
-        n = k
+    first = encoded[0]
+    n = _common_prefix(first, encoded[1:], min(len(e) for e in encoded) - 1)
     if n < MIN_SHARED_PREFIX:
         return None
     out = split[0](input_ids=torch.tensor([first[:n]], device=_device(model)), use_cache=True)
