@@ -233,6 +233,17 @@ def test_lora_training_reduces_loss(tiny_model_dir, task, tmp_path):
 # ---------------------------------------------------------------------------------------------------- 3. mixtures
 
 
+def test_optimizer_choice_reaches_the_trainer(tiny_model_dir, task, tmp_path):
+    """optim=sgd trains with plain SGD: its checkpointed state has no Adam moments."""
+    out = tmp_path / "run"
+    tune(tiny_cfg(tiny_model_dir, task, out, max_steps=1, save_steps=1, optim="sgd", learning_rate=0.1))
+    state = torch.load(next((out / "checkpoints").glob("checkpoint-*")) / "optimizer.pt", weights_only=True)
+    group = state["param_groups"][0]
+    assert group["initial_lr"] == 0.1 and "momentum" in group and "betas" not in group
+    assert not any("exp_avg" in per for per in state["state"].values())
+    assert json.loads((out / "run.json").read_text())["config"]["optim"] == "sgd"
+
+
 @pytest.mark.parametrize("entries, message", [
     (["a.yaml:-0.5"], "negative"),
     (["a.yaml:0", "b.yaml:0.0"], "sum to 0"),
@@ -381,6 +392,8 @@ def test_unknown_config_key_suggests_closest(tmp_path):
         load_config(data=["t.yaml"], learning_rat=1e-3)
     with pytest.raises(TunelensError, match=r"did you mean 'ia3'"):
         load_config(data=["t.yaml"], method="ia4")
+    with pytest.raises(TunelensError, match=r"unknown optimizer 'sgdd'; did you mean 'sgd'"):
+        load_config(data=["t.yaml"], optim="sgdd")
     path.write_text("method: lora\nlora_r: 8\ndata: [t.yaml]\n")
     assert load_config(path, lora_alpha=4).lora_r == 8
 

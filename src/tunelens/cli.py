@@ -114,6 +114,8 @@ def tune_cmd(
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, help="Examples per device per step (default 8)."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Default by method: 2e-4 LoRA, 2e-5 full."),
+    optim: Optional[str] = typer.Option(None, help="Optimizer, any transformers name (default adamw_torch; "
+                                                   "sgd, adafactor, ...)."),
     lora_r: Optional[int] = typer.Option(None, help="LoRA rank (default 16)."),
     lora_alpha: Optional[int] = typer.Option(None, help="LoRA alpha (default 32)."),
     max_length: Optional[int] = typer.Option(None, help="Longest example in tokens; longer ones are truncated "
@@ -131,8 +133,8 @@ def tune_cmd(
 
     cfg = load_config(config, model=model, data=data or None, mix=mix or None, replay=replay, safety_mix=safety_mix,
                       method=method, out=out, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                      learning_rate=learning_rate, lora_r=lora_r, lora_alpha=lora_alpha, max_length=max_length,
-                      max_examples=max_examples, save_steps=save_steps, seed=seed,
+                      learning_rate=learning_rate, optim=optim, lora_r=lora_r, lora_alpha=lora_alpha,
+                      max_length=max_length, max_examples=max_examples, save_steps=save_steps, seed=seed,
                       packing=packing or None, resume=resume or None, overwrite=overwrite or None)
     final = tune(cfg)
     typer.echo(f"wrote {final} (evaluate it with: tunelens eval --model {final} --task TASK)")

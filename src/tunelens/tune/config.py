@@ -38,6 +38,7 @@ class TuneConfig:
     grad_accum: int = 1
     learning_rate: float | None = None  # default by method: 2e-4 LoRA/IA3, 2e-5 full, 3e-2 prompt tuning
     weight_decay: float = 0.0
+    optim: str = "adamw_torch"  # any transformers optimizer name, e.g. sgd, adafactor, adamw_torch_fused
     warmup_ratio: float = 0.03
     lr_scheduler: str = "linear"
     max_length: int = 512
@@ -64,6 +65,13 @@ class TuneConfig:
                 raise TunelensError(f"{name} must be a fraction in [0, 1), got {v}")
         if self.replay + self.safety_mix >= 1.0:
             raise TunelensError("replay + safety_mix must leave room for the task data (sum < 1)")
+        from transformers.training_args import OptimizerNames
+
+        optims = [o.value for o in OptimizerNames]
+        if self.optim not in optims:
+            hint = difflib.get_close_matches(self.optim, optims, n=1)
+            raise TunelensError(f"unknown optimizer '{self.optim}'" + (f"; did you mean '{hint[0]}'?" if hint else
+                                                                     "; e.g. adamw_torch, sgd, adafactor"))
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.report_to, str):

@@ -248,6 +248,7 @@ def tune(cfg: TuneConfig) -> Path:
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
+        optim=cfg.optim,
         warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type=cfg.lr_scheduler,
         train_sampling_strategy="group_by_length",
