@@ -104,6 +104,7 @@ def test_endpoints_and_saved_models(tiny_model_dir, tuned_dir, task, tmp_path):
     s0, s1 = r["results"]
     assert s0["kept"] == 0 and s1["kept"] == r["eligible"]["entries"] and s1["kept_fraction"] == 1.0
     assert s0["score"]["graft"] == s0["score"]["base"]
+    assert s0["selection_score"] is None and s0["best_step"] == 0  # no mask steps: nothing to select between
     assert r["loss"]["tuned"] < r["loss"]["base"]  # the tune lowered its own task's loss
     assert s0["loss_recovered"] == pytest.approx(0.0, abs=1e-6)
     assert s1["loss_recovered"] == pytest.approx(1.0, abs=1e-6)

@@ -306,7 +306,8 @@ def graft(base, tuned, task, sparsities, steps: int = 20, lr: float = 1e7, examp
 
         _apply(model, base_w, tuned_w, gb)
         best_mask = {n: m.clone() for n, m in gb.items()}
-        best_score, best_step = _selection_score(handle, spec, select_limit), 0
+        # with no mask steps there is nothing to choose between: skip the selection scoring
+        best_score, best_step = (_selection_score(handle, spec, select_limit) if steps else None), 0
         with torch.no_grad():
             loss0 = _loss(model, lambda: {n: base_w[n] + gb[n].float() * deltas[n] for n in deltas}, rows, pad_id,
                           micro_batch)
@@ -330,9 +331,12 @@ def graft(base, tuned, task, sparsities, steps: int = 20, lr: float = 1e7, examp
             if progress is not None:
                 progress(len(results) * steps + step, len(sparsities) * steps)
         _apply(model, base_w, tuned_w, best_mask)
-        with torch.no_grad():
-            loss_best = _loss(model, lambda: {n: base_w[n] + best_mask[n].float() * deltas[n] for n in deltas}, rows,
-                              pad_id, micro_batch)
+        if best_step == 0:
+            loss_best = loss0  # the best mask is γ_base itself
+        else:
+            with torch.no_grad():
+                loss_best = _loss(model, lambda: {n: base_w[n] + best_mask[n].float() * deltas[n] for n in deltas},
+                                  rows, pad_id, micro_batch)
         p_graft, ece_graft, _ = _score(handle, spec, limit=eval_limit)
         kept = int(sum(int(m.sum()) for m in best_mask.values()))
         row = {
