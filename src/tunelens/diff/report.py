@@ -4,7 +4,6 @@ and the short text summary the CLI prints."""
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 from ..io import atomic_open, write_json
@@ -62,24 +61,9 @@ def _write_heatmap_csv(heat: dict, path: Path) -> None:
 
 
 def _write_heatmap_png(heat: dict, path: Path, title: str) -> None:
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays untouched
+    from ..report.plots import heatmap_figure
 
-    data = np.array([[np.nan if v is None else v for v in line] for line in heat["values"]], dtype=float)
-    layers, modules = heat["layers"], heat["modules"]
-    fig = Figure(figsize=(min(3.0 + 0.7 * len(modules), 14), min(3.5 + 0.22 * len(layers), 16)), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    img = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap="viridis", interpolation="nearest")
-    ax.set_xticks(range(len(modules)), modules, rotation=45, ha="right")
-    step = max(1, math.ceil(len(layers) / 32))
-    ax.set_yticks(range(0, len(layers), step), [str(x) for x in layers[::step]])
-    ax.set_xlabel("module")
-    ax.set_ylabel("layer")
-    ax.set_title(f"‖Δ‖_F / ‖W‖_F — {title}", fontsize=9)
-    fig.colorbar(img, ax=ax)
-    fig.tight_layout()
+    fig = heatmap_figure(heat, title=f"‖ΔW‖_F / ‖W‖_F per layer and module — {title}")
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png")
 

@@ -83,8 +83,9 @@ def safety_bars(rows: list[dict]) -> str:
         return _uri(fig)
 
 
-def heatmap(heat: dict) -> str:
-    """Layer × module grid of the update's relative size ‖ΔW‖_F / ‖W‖_F."""
+def heatmap_figure(heat: dict, title: str = "Relative size of the update per layer and module "
+                                           "(blank: unchanged / absent)") -> Figure:
+    """Layer × module grid of the update's relative size ‖ΔW‖_F / ‖W‖_F (diff's heatmap.png and the report)."""
     data = np.array([[np.nan if v is None else v for v in line] for line in heat["values"]], dtype=float)
     layers, modules = heat["layers"], heat["modules"]
     with rc_context({**STYLE, "axes.grid": False}):
@@ -96,9 +97,14 @@ def heatmap(heat: dict) -> str:
         ax.set_yticks(range(0, len(layers), step), [str(v) for v in layers[::step]])
         ax.set_xlabel("module")
         ax.set_ylabel("layer")
-        ax.set_title("Relative size of the update per layer and module (blank: unchanged / absent)")
+        ax.set_title(title)
         fig.colorbar(img, ax=ax, label="‖ΔW‖_F / ‖W‖_F")
-        return _uri(fig)
+        fig.tight_layout()
+    return fig
+
+
+def heatmap(heat: dict) -> str:
+    return _uri(heatmap_figure(heat))
 
 
 def graft_curve(rows: list[dict], metric: str) -> str:
