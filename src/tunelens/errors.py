@@ -1,6 +1,14 @@
 """One exception type for every user-facing error: the CLI prints its message on one line and exits 2."""
 
 
+def suggest(value, options, otherwise: str = "", cutoff: float = 0.6) -> str:
+    """"; did you mean 'X'?" for the option closest to a mistyped value, else ``otherwise`` (e.g. the list)."""
+    import difflib
+
+    hint = difflib.get_close_matches(str(value), list(options), n=1, cutoff=cutoff)
+    return f"; did you mean '{hint[0]}'?" if hint else otherwise
+
+
 class TunelensError(Exception):
     """An error caused by the user's input (data, model path, config). Message says what and where."""
 

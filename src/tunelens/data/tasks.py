@@ -35,7 +35,6 @@ so an item keeps its id across splits).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -46,7 +45,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import DataError
+from ..errors import DataError, suggest
 from .readers import DATA_SUFFIXES, Row, is_hf, read_source
 
 TASK_TYPES = ("multiple_choice", "classification", "generation", "chat")
@@ -136,9 +135,8 @@ def load_task(spec: str | Path | dict | TaskSpec) -> TaskSpec:
     builtin = {p.stem: p for p in BUILTIN_DIR.glob("*/*.yaml")}
     if str(spec) in builtin:
         return _load_yaml(builtin[str(spec)])
-    hint = difflib.get_close_matches(str(spec), builtin, n=1)
     raise DataError(f"no task file or built-in task named '{spec}'"
-                    + (f"; did you mean '{hint[0]}'?" if hint else f"; built-in tasks: {', '.join(sorted(builtin))}"))
+                    + suggest(spec, builtin, f"; built-in tasks: {', '.join(sorted(builtin))}"))
 
 
 def _load_yaml(path: Path) -> TaskSpec:
@@ -182,9 +180,8 @@ def spec_from_dict(raw: dict, path: str | Path | None = None, base_dir: str | Pa
     where = str(path) if path is not None else "task spec"
     for key in raw:
         if key not in SPEC_KEYS:
-            hint = difflib.get_close_matches(str(key), SPEC_KEYS, n=1)
-            raise DataError(f"unknown key '{key}'" + (f"; did you mean '{hint[0]}'?" if hint else
-                                                     f"; valid keys: {', '.join(SPEC_KEYS)}"), where)
+            raise DataError(f"unknown key '{key}'" + suggest(key, SPEC_KEYS, f"; valid keys: {', '.join(SPEC_KEYS)}"),
+                            where)
     for key in ("type", "data"):
         if raw.get(key) is None:
             raise DataError(f"missing key '{key}'", where)
@@ -209,9 +206,8 @@ def spec_from_dict(raw: dict, path: str | Path | None = None, base_dir: str | Pa
                 bad(key, "a string")
         elif key == "type":
             if value not in TASK_TYPES:
-                hint = difflib.get_close_matches(str(value), TASK_TYPES, n=1)
                 raise DataError(f"'type' must be one of {', '.join(TASK_TYPES)}, got {value!r}"
-                                + (f"; did you mean '{hint[0]}'?" if hint else ""), where, field="type")
+                                + suggest(value, TASK_TYPES), where, field="type")
         elif key == "data":
             if isinstance(value, dict):
                 if not value or not all(isinstance(k, str) and is_source(v) for k, v in value.items()):
@@ -255,10 +251,8 @@ def spec_from_dict(raw: dict, path: str | Path | None = None, base_dir: str | Pa
     valid_fields = TYPE_FIELDS[kw["type"]] + ("id",)
     for f in kw.get("fields", {}):
         if f not in valid_fields:
-            hint = difflib.get_close_matches(f, valid_fields, n=1)
             raise DataError(f"'{f}' is not a field of {kw['type']} tasks"
-                            + (f"; did you mean '{hint[0]}'?" if hint else f" (fields: {', '.join(valid_fields)})"),
-                            where, field="fields")
+                            + suggest(f, valid_fields, f" (fields: {', '.join(valid_fields)})"), where, field="fields")
     if isinstance(kw["data"], dict) and (kw.get("split_field") or kw.get("split_ratios")):
         raise DataError("give either one source per split or split_field/split_ratios, not both", where,
                         field="data")

@@ -6,13 +6,12 @@ Every key is checked, in every section: an unknown key is an error naming it wit
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from ..errors import TunelensError
+from ..errors import TunelensError, suggest
 
 STAGES = ("tune", "audit", "diff", "graft", "repair", "report")
 # tune settings the pipeline owns: where the run goes and how it is resumed and displayed
@@ -99,9 +98,8 @@ class RunConfig:
 
 
 def _unknown(key, valid, where: str) -> TunelensError:
-    hint = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
-    return TunelensError(f"{where}unknown key '{key}'" + (f"; did you mean '{hint[0]}'?" if hint else
-                                                          f"; valid keys: {', '.join(valid)}"))
+    return TunelensError(f"{where}unknown key '{key}'" + suggest(key, valid, f"; valid keys: {', '.join(valid)}",
+                                                                 cutoff=0.5))
 
 
 def _section(cls, raw, name: str, where: str):
@@ -132,9 +130,7 @@ def _stages(raw, where: str) -> list[str]:
         raise TunelensError(f"{where}'stages' must be a list of stage names or a mapping stage: true/false")
     for s in raw:
         if s not in STAGES:
-            hint = difflib.get_close_matches(str(s), STAGES, n=1)
-            raise TunelensError(f"{where}unknown stage '{s}'" + (f"; did you mean '{hint[0]}'?" if hint else
-                                                                 f"; stages: {', '.join(STAGES)}"))
+            raise TunelensError(f"{where}unknown stage '{s}'" + suggest(s, STAGES, f"; stages: {', '.join(STAGES)}"))
     return [s for s in STAGES if s in raw]
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from ..errors import TunelensError
+from ..errors import TunelensError, suggest
 
 METHODS = ("lora", "full", "prompt-tuning", "ia3")
 
@@ -56,9 +55,8 @@ class TuneConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            hint = difflib.get_close_matches(self.method, METHODS, n=1)
-            raise TunelensError(f"unknown tuning method '{self.method}'" + (f"; did you mean '{hint[0]}'?" if hint else
-                                                                          f"; choose one of {', '.join(METHODS)}"))
+            raise TunelensError(f"unknown tuning method '{self.method}'"
+                                + suggest(self.method, METHODS, f"; choose one of {', '.join(METHODS)}"))
         for name in ("replay", "safety_mix"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
@@ -69,9 +67,8 @@ class TuneConfig:
 
         optims = [o.value for o in OptimizerNames]
         if self.optim not in optims:
-            hint = difflib.get_close_matches(self.optim, optims, n=1)
-            raise TunelensError(f"unknown optimizer '{self.optim}'" + (f"; did you mean '{hint[0]}'?" if hint else
-                                                                     "; e.g. adamw_torch, sgd, adafactor"))
+            raise TunelensError(f"unknown optimizer '{self.optim}'"
+                                + suggest(self.optim, optims, "; e.g. adamw_torch, sgd, adafactor"))
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.report_to, str):
@@ -108,9 +105,8 @@ def load_config(path: str | Path | None = None, **overrides) -> TuneConfig:
     raw.update({k: v for k, v in overrides.items() if v is not None})
     for key in raw:
         if key not in KEYS:
-            hint = difflib.get_close_matches(str(key), KEYS, n=1)
             where = f"{path}: " if path else ""
-            raise TunelensError(f"{where}unknown setting '{key}'" + (f"; did you mean '{hint[0]}'?" if hint else ""))
+            raise TunelensError(f"{where}unknown setting '{key}'" + suggest(key, KEYS))
     try:
         return TuneConfig(**raw)
     except TypeError as e:
