@@ -90,6 +90,61 @@ def test_shared_base_cache_runs_the_base_model_once(tiny, mc_task, tmp_path):
         assert [e["tuned"] for e in second["suites"][s]["entries"]] == [e["tuned"] for e in first["suites"][s]["entries"]]
 
 
+def test_base_store_serves_the_base_from_disk(tiny, mc_task, tmp_path, monkeypatch):
+    """A second audit with a fresh BaseStore on the same folder reads every base result from disk (the base model
+    must not run) and writes the same ledger; other weights or other items get a folder of their own."""
+    import copy
+
+    from tunelens.audit.base_store import BaseStore
+
+    kw = dict(tasks=[mc_task], limit=3, n_boot=50, progress=False, batch_size=4)
+    base = copy.copy(tiny)
+    base.model = copy.deepcopy(tiny.model)
+    ctx = AuditContext(base=base, tuned=tiny, **kw)
+    ctx.base_cache = first_store = BaseStore(tmp_path / "store", ctx)
+    first = run_audit(ctx)
+    assert first_store.hits == 0 and any(first_store.dir.glob("*.json"))
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the base model ran again")
+
+    monkeypatch.setattr(base.model, "forward", must_not_run)
+    monkeypatch.setattr(base.model.model, "forward", must_not_run)
+    ctx = AuditContext(base=base, tuned=tiny, **kw)
+    ctx.base_cache = store = BaseStore(tmp_path / "store", ctx)
+    assert store.dir == first_store.dir
+    second = run_audit(ctx)
+    assert store.hits > 0
+    for name, block in first["suites"].items():
+        assert second["suites"][name]["status"] == "ok", second["suites"][name].get("error")
+        assert second["suites"][name]["entries"] == block["entries"], name
+
+    other_items = copy.deepcopy(mc_task)
+    other_items.template = "Animal? " + other_items.template
+    assert BaseStore(tmp_path / "store", AuditContext(base=base, tuned=tiny, **{**kw, "tasks": [other_items]})).dir \
+        != store.dir
+    with torch.no_grad():
+        base.model.lm_head.weight[0, 0] += 1.0
+    assert BaseStore(tmp_path / "store", AuditContext(base=base, tuned=tiny, **kw)).dir != store.dir
+
+
+def test_robustness_reuses_the_task_suites_own_template(tiny, mc_task, monkeypatch):
+    """Template 0 is the task's own: after the task suite it is sliced from that eval, with the same numbers."""
+    from tunelens.audit import common
+
+    calls = []
+    real = common.evaluate
+    monkeypatch.setattr(common, "evaluate", lambda *a, **k: calls.append(k.get("template")) or real(*a, **k))
+    kw = dict(tasks=[mc_task], limit=4, n_boot=20, progress=False, batch_size=4)
+    alone = run_audit(AuditContext(base=tiny, tuned=tiny, **kw), ["robustness"])
+    n_templates = 1 + len(mc_task.paraphrases)
+    assert len(calls) == 2 * n_templates
+    calls.clear()
+    after = run_audit(AuditContext(base=tiny, tuned=tiny, **kw), ["task", "robustness"])
+    assert len(calls) == 2 + 2 * (n_templates - 1)  # the task suite's two evals, then paraphrases only
+    assert after["suites"]["robustness"]["entries"] == alone["suites"]["robustness"]["entries"]
+
+
 def test_unknown_suite_is_an_error(tiny):
     with pytest.raises(TunelensError, match="unknown suite"):
         run_audit(AuditContext(base=tiny, tuned=tiny), ["nope"])
@@ -157,12 +212,13 @@ def test_flip_measures():
 def test_cli_gate_failure_exits_3_and_bad_gate_exits_2(tiny_model_dir, mc_task, tmp_path):
     runner = CliRunner()
     args = ["audit", "--base", str(tiny_model_dir), "--tuned", str(tiny_model_dir), "--task", str(mc_task.path),
-            "--suites", "task", "--limit", "3", "--out", str(tmp_path / "a")]
+            "--suites", "task", "--limit", "3", "--out", str(tmp_path / "a"), "--base-cache", str(tmp_path / "bc")]
     r = runner.invoke(app, args + ["--gate", "task.accuracy.delta > 0"])
     assert r.exit_code == 3, r.output
-    assert "gate failed" in r.output
+    assert "gate failed" in r.output and "reused" not in r.output
     r = runner.invoke(app, args + ["--gate", "task.accuracy.delta >= 0"])
     assert r.exit_code == 0, r.output
+    assert "base model: 1 result(s) reused from" in r.output  # the first run kept the base model's task eval
     r = runner.invoke(app, args + ["--gate", "task.accuracy.delta >>= 0"])
     assert r.exit_code == 2
     r = runner.invoke(app, args + ["--gate", "task.acuracy.delta >= 0"])

@@ -199,13 +199,20 @@ def audit_cmd(
                                                                        "its samples feed task/compatibility/calibration."),
     lm_eval_include: Optional[str] = typer.Option(None, "--lm-eval-include", help="Folder of local lm-eval task "
                                                                                    "YAMLs."),
+    base_cache: Optional[Path] = typer.Option(None, "--base-cache", help="Folder that keeps the base model's "
+                                              "results, so the next audit against the same base runs only the tuned "
+                                              "model (default: $TUNELENS_HOME/audit-base). Results are keyed by the "
+                                              "base's weights, the items, the settings and tunelens' code."),
+    no_base_cache: bool = typer.Option(False, "--no-base-cache", help="Run the base model even if its results "
+                                                                      "are cached, and keep none."),
 ):
     """Compare a base and a tuned model on the same items: task gain, safety, over-refusal, forgetting,
     context use, robustness, flips and calibration, each delta with a paired 95% interval."""
     from .audit import AuditContext, check_tokenizers, run_audit
     from .audit import gate as G
+    from .audit.base_store import BaseStore
     from .data import load_task
-    from .models import resolve_model
+    from .models import resolve_model, tunelens_home
 
     specs = [load_task(t) for t in (task or [])]
     hb = resolve_model(base, allow_pickle=allow_pickle)
@@ -224,8 +231,12 @@ def audit_cmd(
         from .audit.lmeval_bridge import add_lm_eval_task
 
         add_lm_eval_task(ctx, t, lm_eval_include)
+    if not no_base_cache:
+        ctx.base_cache = store = BaseStore(base_cache or tunelens_home() / "audit-base", ctx)
     ledger = run_audit(ctx, chosen, out, gate)
     _print_ledger(ledger)
+    if not no_base_cache and store.hits:
+        typer.echo(f"base model: {store.hits} result(s) reused from {store.dir}")
     typer.echo(f"wrote {out / 'ledger.json'}, {out / 'summary.md'} and {out / 'items'}/")
     failed = [g["expr"] for g in ledger.get("gates", []) if not g["passed"]]
     if failed:

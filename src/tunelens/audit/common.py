@@ -20,6 +20,11 @@ def eval_both(ctx: AuditContext, spec, *, split: str | None = None, template: st
         batch_size=ctx.batch_size, progress=ctx.progress))
 
 
+def cached_eval(ctx: AuditContext, spec) -> dict | None:
+    """The task's own eval (its template, eval split, the audit's limit) if a suite has already run it."""
+    return ctx.cache.get(("eval", spec.name, None, None, ctx.limit, spec.chat_template))
+
+
 def _ece_stat(records):
     conf = np.array([r["confidence"] for r in records])
     ok = np.array([bool(r["correct"]) for r in records])

@@ -32,7 +32,8 @@ class AuditContext:
     batch_size: int = 64  # generation batch: a decode step at 64 rows yields ~1.5x the tokens/s of 32 on 2 CPU cores
     cache: dict = field(default_factory=dict)  # results shared between suites (e.g. task evals)
     # the base model's results by key. Pass one dict to several audits against the same base with the same
-    # settings (a repair sweep re-auditing candidates) and the base model's work is done once.
+    # settings (a repair sweep re-auditing candidates) and the base model's work is done once; a
+    # base_store.BaseStore keeps them on disk for the next audit.
     base_cache: dict = field(default_factory=dict)
 
     def models(self):

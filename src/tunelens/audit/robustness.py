@@ -6,7 +6,7 @@ import numpy as np
 
 from ..data import load_task
 from ..evaluate import CHOICE_TYPES
-from .common import eval_both
+from .common import cached_eval, eval_both
 from .core import AuditContext, Suite, SuiteResult, paired_entry, register, value_entry
 
 MIN_TEMPLATES = 5
@@ -26,10 +26,15 @@ class RobustnessSuite(Suite):
             if len(templates) < MIN_TEMPLATES:
                 notes.append(f"{spec.name}: only {len(templates)} instruction variants (want {MIN_TEMPLATES}+)")
             acc = {"base": [], "tuned": []}  # [template][item] correctness
+            own = cached_eval(ctx, spec)  # the task suite has scored template 0 on the whole split
             for k, tpl in enumerate(templates):
-                res = eval_both(ctx, spec, template=tpl, limit=limit, key=f"{spec.name}/paraphrase-{k}")
+                if k == 0 and own is not None and len(own["base"].records) >= limit:
+                    recs = {role: own[role].records[:limit] for role in acc}
+                else:
+                    res = eval_both(ctx, spec, template=tpl, limit=limit, key=f"{spec.name}/paraphrase-{k}")
+                    recs = {role: res[role].records for role in acc}
                 for role in acc:
-                    acc[role].append([float(r["correct"]) for r in res[role].records])
+                    acc[role].append([float(r["correct"]) for r in recs[role]])
             a = {role: np.array(v) for role, v in acc.items()}  # [templates, items]
             prefix = f"{spec.name}." if len(specs) > 1 else ""
             kw = dict(task=spec.name)
