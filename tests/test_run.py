@@ -345,6 +345,26 @@ def test_real_stages_on_tiny_model(tiny_model_dir, tmp_path):
     assert time.perf_counter() - t0 < 5
 
 
+def test_audit_base_cache_serves_the_next_run(tiny_model_dir, tmp_path):
+    """audit.base_cache keeps the base model's results: a second run in another folder reuses them (the audit
+    stage says so) for the audit and the repair re-audits, with the same ledger."""
+    raw = raw_config(tiny_model_dir, write_task(tmp_path / "data"))
+    raw.update(stages=["audit", "repair"], tuned=str(tiny_model_dir))
+    raw["audit"].update(tasks=raw.pop("tune")["data"], base_cache=str(tmp_path / "bc"))
+    first = run_pipeline(parse_config(raw), tmp_path / "run1", display=False)
+    second = run_pipeline(parse_config(raw), tmp_path / "run2", display=False)
+    for r in (first, second):
+        assert r.exit_code == 0, {s: v["error"] for s, v in r.state["stages"].items()}
+    assert "reused" not in (first.state["stages"]["audit"]["note"] or "")
+    assert "base model: 1 result(s) reused from" in second.state["stages"]["audit"]["note"]
+    ledgers = [json.loads((tmp_path / f"run{i}" / r.state["stages"]["audit"]["dir"] / "ledger.json").read_text())
+               for i, r in ((1, first), (2, second))]
+    assert all(ledgers[0]["suites"][s]["entries"] == ledgers[1]["suites"][s]["entries"] for s in ledgers[0]["suites"])
+    assert len(list((tmp_path / "bc").iterdir())) == 1  # audit and repair share one base fingerprint (limit 4)
+    with pytest.raises(TunelensError, match="section 'audit': base_cache must be true, false or a folder"):
+        parse_config({**raw, "audit": {**raw["audit"], "base_cache": 3}})
+
+
 def test_stopped_tune_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
     raw = raw_config(tiny_model_dir, write_task(tmp_path / "data"))
     raw["tune"].update(max_steps=4, save_steps=2)

@@ -210,9 +210,9 @@ def audit_cmd(
     context use, robustness, flips and calibration, each delta with a paired 95% interval."""
     from .audit import AuditContext, check_tokenizers, run_audit
     from .audit import gate as G
-    from .audit.base_store import BaseStore
+    from .audit.base_store import BaseStore, default_dir
     from .data import load_task
-    from .models import resolve_model, tunelens_home
+    from .models import resolve_model
 
     specs = [load_task(t) for t in (task or [])]
     hb = resolve_model(base, allow_pickle=allow_pickle)
@@ -232,7 +232,7 @@ def audit_cmd(
 
         add_lm_eval_task(ctx, t, lm_eval_include)
     if not no_base_cache:
-        ctx.base_cache = store = BaseStore(base_cache or tunelens_home() / "audit-base", ctx)
+        ctx.base_cache = store = BaseStore(base_cache or default_dir(), ctx)
     ledger = run_audit(ctx, chosen, out, gate)
     _print_ledger(ledger)
     if not no_base_cache and store.hits:

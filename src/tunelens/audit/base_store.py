@@ -17,9 +17,27 @@ from pathlib import Path
 
 import torch
 
+from ..errors import TunelensError
 from ..io import write_json
 
 STORE_VERSION = 1
+
+
+def default_dir() -> Path:
+    from ..models import tunelens_home
+
+    return tunelens_home() / "audit-base"
+
+
+def store_dir(setting) -> Path | None:
+    """A config's ``base_cache``: true -> the default folder, a path -> that folder, false/null -> none."""
+    if setting is None or setting is False:
+        return None
+    if setting is True:
+        return default_dir()
+    if isinstance(setting, (str, Path)) and str(setting):
+        return Path(setting).expanduser()
+    raise TunelensError(f"base_cache must be true, false or a folder path, not {setting!r}")
 
 
 def _digest(*parts) -> hashlib.blake2b:

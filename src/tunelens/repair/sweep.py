@@ -202,7 +202,10 @@ def _say(progress: bool, msg: str) -> None:
 
 
 def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suites: list[str], tasks: list[str],
-              limit: int | None = None, select: str | None = None, progress: bool = True) -> dict:
+              limit: int | None = None, select: str | None = None, progress: bool = True,
+              base_cache: bool | str | Path | None = None) -> dict:
+    from ..audit import AuditContext
+    from ..audit.base_store import BaseStore, store_dir
     from ..data import load_task
     from ..models import resolve_model
     from .core import make_options, repair
@@ -217,6 +220,8 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
     specs = [load_task(t) for t in tasks]
     base_handle = resolve_model(base)
     memo: dict = {}
+    if folder := store_dir(base_cache):  # keep the base model's results on disk for the next sweep, too
+        memo = BaseStore(folder, AuditContext(base=base_handle, tuned=base_handle, tasks=specs, limit=limit))
     _say(progress, f"sweep: auditing the tuned model '{tuned}' (reference row)")
     ref = _audit(base_handle, tuned, specs, suites, limit, out / "tuned" / "audit", memo, progress)
     axes = axes_of(ref)

@@ -25,6 +25,14 @@ class AuditSection:
     limit: int | None = None  # items per suite
     gate: list[str] = field(default_factory=list)  # e.g. "safety.refusal_rate.delta >= -0.05"
     seed: int = 0
+    # keep the base model's results for the next run (audit and repair re-audits): true = $TUNELENS_HOME/audit-base,
+    # or a folder; off by default, so a run folder depends on nothing outside it
+    base_cache: bool | str | None = None
+
+    def __post_init__(self):
+        from ..audit.base_store import store_dir
+
+        store_dir(self.base_cache)  # raises on a value that is neither a flag nor a folder
 
 
 @dataclass
@@ -113,7 +121,7 @@ def _section(cls, raw, name: str, where: str):
             raise _unknown(f"{name}.{key}", [f"{name}.{v}" for v in valid], where)
     try:
         return cls(**raw)
-    except TypeError as e:
+    except (TypeError, TunelensError) as e:
         raise TunelensError(f"{where}section '{name}': {e}") from None
 
 

@@ -37,6 +37,7 @@ def tune_stage(ctx: StageContext) -> dict:
 
 def audit_stage(ctx: StageContext) -> dict:
     from ..audit import AuditContext, check_tokenizers, run_audit
+    from ..audit.base_store import BaseStore, store_dir
     from ..data import load_task
     from ..models import resolve_model
 
@@ -44,12 +45,16 @@ def audit_stage(ctx: StageContext) -> dict:
     specs = [load_task(t) for t in ctx.cfg.audit_tasks()]
     hb, ht = resolve_model(ctx.base), resolve_model(ctx.tuned, merge_adapter="auto")
     check_tokenizers(hb, ht)
-    ledger = run_audit(AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, progress=False),
-                       a.suites, ctx.out, a.gate or None)
+    actx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, progress=False)
+    store, folder = None, store_dir(a.base_cache)
+    if folder:
+        actx.base_cache = store = BaseStore(folder, actx)
+    ledger = run_audit(actx, a.suites, ctx.out, a.gate or None)
     failed = [g["expr"] for g in ledger.get("gates", []) if not g["passed"]]
     broken = [s for s, b in ledger["suites"].items() if b["status"] != "ok"]
     note = "; ".join(([f"gate failed: {', '.join(failed)}"] if failed else [])
-                     + ([f"suite(s) failed: {', '.join(broken)}"] if broken else []))
+                     + ([f"suite(s) failed: {', '.join(broken)}"] if broken else [])
+                     + ([f"base model: {store.hits} result(s) reused from {store.dir}"] if store and store.hits else []))
     return {"gate_failed": failed, "note": note or None}
 
 
@@ -116,7 +121,7 @@ def repair_stage(ctx: StageContext) -> dict:
     s = repair_settings(ctx.cfg)
     flat = [{"name": c["name"], "method": c["method"], **c["options"]} for c in _candidates(ctx)]
     result = run_sweep(ctx.base, ctx.tuned, flat, ctx.out, suites=s["suites"], tasks=s["tasks"], limit=s["limit"],
-                       select=s["select"], progress=False)
+                       select=s["select"], progress=False, base_cache=ctx.cfg.audit.base_cache)
     failed = [r["name"] for r in result["rows"] if r["status"] == "failed"]
     note = (f"selected {result['selected']}" if result.get("selected") else "no candidate selected") + \
         (f"; failed: {', '.join(failed)}" if failed else "")
