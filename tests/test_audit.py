@@ -145,6 +145,16 @@ def test_robustness_reuses_the_task_suites_own_template(tiny, mc_task, monkeypat
     assert after["suites"]["robustness"]["entries"] == alone["suites"]["robustness"]["entries"]
 
 
+def test_limit_caps_robustness_items_and_never_adds(tiny, mc_task, monkeypatch):
+    from tunelens.audit import robustness
+
+    monkeypatch.setattr(robustness, "DEFAULT_LIMIT", 2)
+    for limit, n in ((None, 2), (3, 2), (1, 1)):
+        led = run_audit(AuditContext(base=tiny, tuned=tiny, tasks=[mc_task], limit=limit, n_boot=10, progress=False),
+                        ["robustness"])
+        assert led["suites"]["robustness"]["entries"][0]["n"] == n, limit
+
+
 def test_unknown_suite_is_an_error(tiny):
     with pytest.raises(TunelensError, match="unknown suite"):
         run_audit(AuditContext(base=tiny, tuned=tiny), ["nope"])

@@ -20,7 +20,7 @@ class RobustnessSuite(Suite):
     def run(self, ctx: AuditContext) -> SuiteResult:
         specs = [s for s in ctx.tasks if s.type in CHOICE_TYPES and s.paraphrases] or [load_task("telecom-intent")]
         entries, records, notes = [], [], []
-        limit = ctx.limit or DEFAULT_LIMIT
+        limit = min(ctx.limit or DEFAULT_LIMIT, DEFAULT_LIMIT)  # --limit caps; it never adds items
         for spec in specs:
             templates = [spec.template] + list(spec.paraphrases)
             if len(templates) < MIN_TEMPLATES:
