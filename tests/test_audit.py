@@ -249,6 +249,9 @@ def test_lm_eval_bridge_feeds_compatibility_and_calibration(tiny, tmp_path):
         "doc_to_text: '{{q}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: gold\nmetric_list:\n  - metric: acc\n")
     ctx = AuditContext(base=tiny, tuned=tiny, n_boot=20, progress=False)
     spec = add_lm_eval_task(ctx, "tl_bridge_test", str(tmp_path / "tasks"))
+    from tunelens.audit.base_store import attach
+
+    assert attach(ctx, tmp_path / "bs") is not None  # as `tunelens audit --lm-eval` does: the bridged task is skipped
     ledger = run_audit(ctx, ["task", "compatibility", "calibration"])
     assert spec.name == "lm-eval:tl_bridge_test"
     assert all(ledger["suites"][s]["status"] == "ok" for s in ("task", "compatibility", "calibration"))

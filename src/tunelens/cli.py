@@ -210,7 +210,7 @@ def audit_cmd(
     context use, robustness, flips and calibration, each delta with a paired 95% interval."""
     from .audit import AuditContext, check_tokenizers, run_audit
     from .audit import gate as G
-    from .audit.base_store import BaseStore, default_dir
+    from .audit.base_store import attach
     from .data import load_task
     from .models import resolve_model
 
@@ -231,12 +231,11 @@ def audit_cmd(
         from .audit.lmeval_bridge import add_lm_eval_task
 
         add_lm_eval_task(ctx, t, lm_eval_include)
-    if not no_base_cache:
-        ctx.base_cache = store = BaseStore(base_cache or default_dir(), ctx)
+    store = attach(ctx, False if no_base_cache else base_cache or True)
     ledger = run_audit(ctx, chosen, out, gate)
     _print_ledger(ledger)
-    if not no_base_cache and store.hits:
-        typer.echo(f"base model: {store.hits} result(s) reused from {store.dir}")
+    if store and store.reuse_note():
+        typer.echo(store.reuse_note())
     typer.echo(f"wrote {out / 'ledger.json'}, {out / 'summary.md'} and {out / 'items'}/")
     failed = [g["expr"] for g in ledger.get("gates", []) if not g["passed"]]
     if failed:

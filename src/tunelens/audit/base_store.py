@@ -40,7 +40,16 @@ def store_dir(setting) -> Path | None:
     raise TunelensError(f"base_cache must be true, false or a folder path, not {setting!r}")
 
 
-def _digest(*parts) -> hashlib.blake2b:
+def attach(ctx, setting) -> "BaseStore | None":
+    """Give ``ctx`` a BaseStore for a ``base_cache`` setting (see store_dir) and return it; None keeps none."""
+    folder = store_dir(setting)
+    if folder is None:
+        return None
+    ctx.base_cache = store = BaseStore(folder, ctx)
+    return store
+
+
+def _digest(*parts) -> "hashlib.blake2b":
     h = hashlib.blake2b(digest_size=16)
     for p in parts:
         h.update(p if isinstance(p, bytes) else repr(p).encode())
@@ -49,11 +58,11 @@ def _digest(*parts) -> hashlib.blake2b:
 
 def weights_fingerprint(model) -> str:
     """Hash of every parameter and buffer, by name, dtype, shape and bytes (~1 s for a 135M model)."""
-    h = hashlib.blake2b(digest_size=16)
+    h = _digest()
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # hashed in place, no copy of the weights
     return h.hexdigest()
 
 
@@ -66,19 +75,23 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def code_and_data_fingerprint() -> str:
     """tunelens' own source and built-in data: a changed scorer or probe set must not reuse old results."""
     root = Path(__file__).resolve().parents[1]
-    h = hashlib.blake2b(digest_size=16)
+    h = _digest()
     for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".jsonl", ".yaml", ".json")):
         h.update(str(f.relative_to(root)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()
 
 
-def tasks_fingerprint(specs) -> str:
-    """The user's task specs and the items they evaluate (a file edited in place changes the items)."""
+def tasks_fingerprint(ctx) -> str:
+    """The user's task specs and the items they evaluate (a file edited in place changes the items). A task
+    whose results the context already holds (an lm-eval bridged task) never reaches the store: skipped."""
     from ..data import load_items
+    from .common import cached_eval
 
-    h = hashlib.blake2b(digest_size=16)
-    for spec in specs:
+    h = _digest()
+    for spec in ctx.tasks:
+        if cached_eval(ctx, spec) is not None:
+            continue
         h.update(repr(spec).encode())
         for split in sorted({spec.eval_split} | ({"train"} if spec.fewshot else set())):
             items = load_items(spec, split)
@@ -117,12 +130,15 @@ class BaseStore:
             STORE_VERSION, __version__, torch.__version__, transformers.__version__,
             weights_fingerprint(ctx.base.model), tokenizer_fingerprint(ctx.base.tokenizer),
             ctx.limit, ctx.n_boot, ctx.seed, ctx.batch_size,
-            tasks_fingerprint(ctx.tasks), code_and_data_fingerprint(),
+            tasks_fingerprint(ctx), code_and_data_fingerprint(),
         ).hexdigest()
         self.dir = Path(root).expanduser() / self.fingerprint
         self.hits = 0  # results served from disk (written by an earlier audit)
         self._loaded: dict = {}
         self._from_disk: set[str] = set()
+
+    def reuse_note(self) -> str | None:
+        return f"base model: {self.hits} result(s) reused from {self.dir}" if self.hits else None
 
     def _path(self, key) -> Path:
         return self.dir / f"{_digest(key).hexdigest()}.json"

@@ -10,11 +10,17 @@ from ..evaluate import CHOICE_ITEM_METRICS, CHOICE_TYPES, evaluate
 from .core import AuditContext, paired_entry, paired_stat_entry
 
 
+def eval_key(spec, limit: int | None, *, split: str | None = None, template: str | None = None,
+             key: str | None = None) -> tuple:
+    """The cache key of a task eval (in AuditContext.cache and base_cache)."""
+    return ("eval", key or spec.name, split, template, limit, spec.chat_template)
+
+
 def eval_both(ctx: AuditContext, spec, *, split: str | None = None, template: str | None = None,
               limit: int | None = None, key: str | None = None) -> dict:
     """{"base": EvalResult, "tuned": EvalResult} for the same items, computed once per audit."""
     limit = limit if limit is not None else ctx.limit
-    cache_key = ("eval", key or spec.name, split, template, limit, spec.chat_template)
+    cache_key = eval_key(spec, limit, split=split, template=template, key=key)
     return ctx.per_model(cache_key, lambda role, handle: evaluate(
         handle, spec, split=split, limit=limit, template=template, n_boot=ctx.n_boot, seed=ctx.seed,
         batch_size=ctx.batch_size, progress=ctx.progress))
@@ -22,7 +28,7 @@ def eval_both(ctx: AuditContext, spec, *, split: str | None = None, template: st
 
 def cached_eval(ctx: AuditContext, spec) -> dict | None:
     """The task's own eval (its template, eval split, the audit's limit) if a suite has already run it."""
-    return ctx.cache.get(("eval", spec.name, None, None, ctx.limit, spec.chat_template))
+    return ctx.cache.get(eval_key(spec, ctx.limit))
 
 
 def _ece_stat(records):

@@ -37,7 +37,7 @@ def tune_stage(ctx: StageContext) -> dict:
 
 def audit_stage(ctx: StageContext) -> dict:
     from ..audit import AuditContext, check_tokenizers, run_audit
-    from ..audit.base_store import BaseStore, store_dir
+    from ..audit.base_store import attach
     from ..data import load_task
     from ..models import resolve_model
 
@@ -46,15 +46,13 @@ def audit_stage(ctx: StageContext) -> dict:
     hb, ht = resolve_model(ctx.base), resolve_model(ctx.tuned, merge_adapter="auto")
     check_tokenizers(hb, ht)
     actx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, progress=False)
-    store, folder = None, store_dir(a.base_cache)
-    if folder:
-        actx.base_cache = store = BaseStore(folder, actx)
+    store = attach(actx, a.base_cache)
     ledger = run_audit(actx, a.suites, ctx.out, a.gate or None)
     failed = [g["expr"] for g in ledger.get("gates", []) if not g["passed"]]
     broken = [s for s, b in ledger["suites"].items() if b["status"] != "ok"]
     note = "; ".join(([f"gate failed: {', '.join(failed)}"] if failed else [])
                      + ([f"suite(s) failed: {', '.join(broken)}"] if broken else [])
-                     + ([f"base model: {store.hits} result(s) reused from {store.dir}"] if store and store.hits else []))
+                     + ([store.reuse_note()] if store and store.reuse_note() else []))
     return {"gate_failed": failed, "note": note or None}
 
 
