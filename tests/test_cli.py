@@ -96,3 +96,16 @@ def test_debug_shows_traceback(mc_file, tmp_path):
 def test_tasks_lists_builtins():
     r = run("tasks")
     assert r.exit_code == 0 and "telecom-intent" in r.output
+
+
+def test_missing_optional_extra_names_it_before_loading_models(monkeypatch, tmp_path):
+    """`--lm-eval` without the `lmeval` extra: one line naming the extra, exit 2, before any model loads (the
+    model paths here do not exist, so reaching them would be a different error)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval now raises ImportError
+    r = run("audit", "--base", str(tmp_path / "nope"), "--tuned", str(tmp_path / "nope2"), "--lm-eval", "arc_easy",
+            "--out", str(tmp_path / "a"))
+    assert r.exit_code == 2, r.output
+    assert "optional extra 'lmeval'" in r.output and "pip install 'tunelens[lmeval]'" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1

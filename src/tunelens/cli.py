@@ -214,6 +214,10 @@ def audit_cmd(
     from .data import load_task
     from .models import resolve_model
 
+    if lm_eval:  # before minutes of loading models
+        from .audit.lmeval_bridge import require_lm_eval
+
+        require_lm_eval()
     specs = [load_task(t) for t in (task or [])]
     hb = resolve_model(base, allow_pickle=allow_pickle)
     ht = resolve_model(tuned, allow_pickle=allow_pickle, merge_adapter="auto")  # merged: same outputs, faster

@@ -43,15 +43,23 @@ def _answer_index(target, choices: list[str]) -> int:
     raise TunelensError(f"cannot map lm-eval target {target!r} to one of the choices")
 
 
+def require_lm_eval() -> None:
+    """lm-evaluation-harness is the optional extra `lmeval`: without it, one line saying how to get it."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise TunelensError("--lm-eval needs the optional extra 'lmeval' (lm-evaluation-harness), which is not "
+                            "installed: pip install 'tunelens[lmeval]'") from None
+
+
 def run_lm_eval(handle, task: str, include_path: str | None = None, limit: int | None = None,
                 batch_size: int = 16) -> list[dict]:
     """Per-sample choice records of `handle` on lm-eval `task` (a multiple_choice task)."""
-    try:
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
-    except ImportError:
-        raise TunelensError("--lm-eval needs lm-evaluation-harness: pip install 'tunelens[dev]' or pip install lm-eval") from None
+    require_lm_eval()
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
     lm = HFLM(pretrained=handle.model, tokenizer=handle.tokenizer, batch_size=batch_size, device="cpu")
     res = simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_path=include_path),
                           limit=limit, bootstrap_iters=0, log_samples=True, verbosity="ERROR")
