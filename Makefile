@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
+# where `make quickstart` writes its run folder (.ci/run points it at a temporary one)
+QUICKSTART_OUT ?= out/quickstart
 
 .PHONY: quickstart test install install-dev bench bench-quickstart clean
 
@@ -29,7 +31,7 @@ install-dev: $(DEVSTAMP)
 
 # the whole pipeline on the default model (examples/quickstart.yaml); prints where report.html is
 quickstart: $(STAMP)
-	$(BIN)/tunelens quickstart
+	$(BIN)/tunelens quickstart --out $(QUICKSTART_OUT)
 
 bench-quickstart: $(STAMP)
 	bench/quickstart.sh

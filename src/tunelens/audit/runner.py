@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from datetime import datetime, timezone
@@ -28,8 +29,13 @@ def check_tokenizers(base, tuned, allow_mismatch: bool = False) -> None:
 
 
 def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Path | None = None,
-              gates: list[str] | None = None) -> dict:
-    """Run suites (all registered by default); a suite that fails is marked failed and the rest go on."""
+              gates: list[str] | None = None, resume: bool = False) -> dict:
+    """Run suites (all registered by default); a suite that fails is marked failed and the rest go on.
+
+    `resume`: `out` holds an earlier attempt of this same audit (same models and settings; the caller vouches
+    for that, as the pipeline's stage hash does) in which some suites failed. The suites that succeeded there
+    are taken from its ledger and items files, and only the others run; `reused_suites` in the ledger names them.
+    """
     suites = list(suites or DEFAULT_SUITES)
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
@@ -39,8 +45,14 @@ def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Pat
               "base": _model_info(ctx.base), "tuned": _model_info(ctx.tuned),
               "tasks": [s.name for s in ctx.tasks], "seed": ctx.seed, "limit": ctx.limit, "suites": {}}
     out = Path(out) if out else None
+    earlier = _earlier_attempt(out, suites) if resume and out else {}
+    if earlier:
+        ledger["reused_suites"] = list(earlier)
     start = time.perf_counter()
     for name in suites:
+        if name in earlier:
+            ledger["suites"][name], ctx.cache.setdefault("records", {})[name] = earlier[name]
+            continue
         t0 = time.perf_counter()
         try:
             res = SUITES[name]().run(ctx)
@@ -71,6 +83,27 @@ def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Pat
     if gate_error:
         raise gate_error
     return ledger
+
+
+def _earlier_attempt(out: Path, suites: list[str]) -> dict[str, tuple[dict, list[dict]]]:
+    """{suite: (ledger block, records)} for the suites an earlier ledger in `out` has as ok, with their items."""
+    try:
+        prev = json.loads((out / "ledger.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    found = {}
+    for name in suites:
+        block = (prev.get("suites") or {}).get(name)
+        items = out / "items" / f"{name}.jsonl"
+        if not isinstance(block, dict) or block.get("status") != "ok" or not items.is_file():
+            continue
+        try:
+            records = [json.loads(line) for line in items.read_text().splitlines() if line.strip()]
+        except ValueError:
+            continue
+        if len(records) == block.get("n_records"):
+            found[name] = (block, records)
+    return found
 
 
 def _model_info(h) -> dict:

@@ -11,6 +11,7 @@ over-refusal rate, then name; the pick is copied to OUT/selected/.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 import sys
@@ -35,7 +36,8 @@ TASK_SUITE = "task"
 # ------------------------------------------------------------------------------------------------ auditing
 
 
-def _audit(base_handle, model_spec: str, specs, suites, limit, out: Path, memo: dict, progress: bool) -> dict:
+def _audit(base_handle, model_spec: str, specs, suites, limit, out: Path, memo: dict, progress: bool,
+           resume: bool = False) -> dict:
     """Audit one model against the base; ``memo`` is the base model's results shared by every audit of the
     sweep (AuditContext.base_cache), so the base is evaluated and generated for once."""
     from ..audit import AuditContext, check_tokenizers, run_audit
@@ -44,7 +46,7 @@ def _audit(base_handle, model_spec: str, specs, suites, limit, out: Path, memo: 
     handle = resolve_model(model_spec, merge_adapter="auto")  # merged: same outputs, faster forward passes
     check_tokenizers(base_handle, handle)
     ctx = AuditContext(base=base_handle, tuned=handle, tasks=specs, limit=limit, progress=progress, base_cache=memo)
-    ledger = run_audit(ctx, suites=suites, out=out)
+    ledger = run_audit(ctx, suites=suites, out=out, resume=resume)
     del handle, ctx
     return ledger
 
@@ -203,7 +205,10 @@ def _say(progress: bool, msg: str) -> None:
 
 def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suites: list[str], tasks: list[str],
               limit: int | None = None, select: str | None = None, progress: bool = True,
-              base_cache: bool | str | Path | None = None) -> dict:
+              base_cache: bool | str | Path | None = None, resume: bool = False) -> dict:
+    """`resume`: `out` holds an earlier attempt of this same sweep in which something failed; candidates that
+    succeeded there are reused as they are, failed ones are repaired and re-audited again (their audits and the
+    reference audit reuse the suites that succeeded)."""
     from ..audit import AuditContext
     from ..audit.base_store import BaseStore, store_dir
     from ..data import load_task
@@ -223,23 +228,43 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
     if folder := store_dir(base_cache):  # keep the base model's results on disk for the next sweep, too
         memo = BaseStore(folder, AuditContext(base=base_handle, tuned=base_handle, tasks=specs, limit=limit))
     _say(progress, f"sweep: auditing the tuned model '{tuned}' (reference row)")
-    ref = _audit(base_handle, tuned, specs, suites, limit, out / "tuned" / "audit", memo, progress)
+    ref = _audit(base_handle, tuned, specs, suites, limit, out / "tuned" / "audit", memo, progress, resume)
     axes = axes_of(ref)
     higher = directions(ref, axes)
-    rows, taken = [], set()
+    earlier = _earlier_rows(out) if resume else {}
+    rows, taken, reused = [], set(), []
     for c in candidates:
         name = candidate_name(c, taken)
         opts = {k: v for k, v in c.items() if k not in ("method", "name")}
         path = out / "candidates" / name
-        row = {"name": name, "method": c["method"], "options": opts, "path": str(path), "kind": None,
+        row = {"name": name, "method": c["method"], "options": opts, "path": str(path), "kind": None, "out": None,
                "ledger": str(path / "audit" / "ledger.json"), "scores": {}, "pareto": False, "selected": False,
                "status": "ok", "error": None}
+        prev = earlier.get(name)
+        if prev and (prev.get("method"), prev.get("options")) != (c["method"], opts):
+            prev = None
         try:
-            _say(progress, f"sweep: {name}: repairing")
-            res = repair(base, tuned, c["method"], path, progress=progress, **opts)
-            row["kind"], row["summary"] = res.kind, res.summary
-            _say(progress, f"sweep: {name}: auditing")
-            ledger = _audit(base_handle, str(res.out), specs, suites, limit, path / "audit", memo, progress)
+            if prev and prev["status"] == "ok":  # succeeded before: reuse
+                ledger = json.loads(Path(row["ledger"]).read_text())
+                row["kind"], row["summary"], row["out"] = prev.get("kind"), prev.get("summary"), prev.get("out")
+                reused.append(name)
+            else:
+                if prev and prev.get("kind") and prev.get("out") and Path(prev["out"]).exists():
+                    # the repair itself finished; only its audit failed: audit it again (what failed)
+                    row["kind"], row["summary"], row["out"] = prev["kind"], prev.get("summary"), prev["out"]
+                else:
+                    _say(progress, f"sweep: {name}: repairing")
+                    res = repair(base, tuned, c["method"], path, progress=progress, **opts)
+                    row["kind"], row["summary"], row["out"] = res.kind, res.summary, str(res.out)
+                _say(progress, f"sweep: {name}: auditing")
+                ledger = _audit(base_handle, row["out"], specs, suites, limit, path / "audit", memo, progress,
+                                resume)
+            broken = failed_suites(ledger)
+            if broken:  # a candidate whose re-audit lost a suite cannot be compared on it
+                row.update(status="failed", error=f"audit suite(s) failed: {', '.join(broken)}")
+                _say(progress, f"sweep: {name}: FAILED ({row['error']})")
+                rows.append(row)
+                continue
             row["scores"] = scores(ledger, axes)
             row["all_values"] = {n: e.get("tuned") for n, e in entries_by_name(ledger).items()}
         except Exception as e:  # one broken candidate must not take the sweep down
@@ -251,7 +276,7 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
     result = {"schema": SCHEMA, "axes": axes, "higher_is_better": higher, "rows": rows,
               "base": scores(ref, axes, side="base"), "tuned": scores(ref, axes), "base_model": base,
               "tuned_model": tuned, "suites": suites, "tasks": tasks, "limit": limit, "selected": None,
-              "select": select}
+              "select": select, "reference_failed_suites": failed_suites(ref), "reused": reused}
     if select:
         refs = {"base": {n: e.get("base") for n, e in entries_by_name(ref).items()},
                 "tuned": {n: e.get("tuned") for n, e in entries_by_name(ref).items()}}
@@ -267,6 +292,20 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
     with atomic_open(out / "sweep.md") as f:
         f.write(sweep_markdown(result))
     return result
+
+
+def failed_suites(ledger: dict) -> list[str]:
+    return [s for s, b in ledger["suites"].items() if b.get("status") != "ok"]
+
+
+def _earlier_rows(out: Path) -> dict[str, dict]:
+    """An earlier attempt's sweep.json rows by name; an ok row whose audit ledger is gone is dropped."""
+    try:
+        prev = json.loads((out / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {r["name"]: r for r in prev.get("rows") or [] if isinstance(r, dict) and "name" in r and (
+        r.get("status") != "ok" or (out / "candidates" / str(r["name"]) / "audit" / "ledger.json").is_file())}
 
 
 def _copy_candidate(src: Path, dst: Path) -> None:

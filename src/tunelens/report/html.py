@@ -150,11 +150,14 @@ def _stages(data: RunData) -> str:
     for name in order:
         st = data.stages.get(name)
         info = ((data.run or {}).get("stages") or {}).get(name) or {}
-        if st is None:
+        if name == "report":  # this page: its stage is done by the time anyone reads it
+            st_status, secs, folder, why = "done", None, info.get("dir"), "this page"
+        elif st is None:
             st_status, secs, folder, why = info.get("status", "absent"), info.get("seconds"), info.get("dir"), \
                 info.get("error") or info.get("note")
         else:
-            st_status, secs, folder, why = st.status, st.seconds, info.get("dir"), st.why
+            st_status, secs, folder, why = st.status, st.seconds, info.get("dir"), st.why or (
+                st.error if st.status == "incomplete" else None)
         rows.append([escape(name), escape(st_status), "–" if secs is None else f"{secs:.1f}",
                      f"<code>{escape(str(folder))}</code>" if folder else "–", escape(why or "")])
     out = _table(["stage", "status", "seconds", "folder", "notes"], rows)

@@ -22,7 +22,7 @@ STAGE_FILES = {"tune": "train_log.jsonl", "audit": "ledger.json", "diff": "heatm
 @dataclass
 class Stage:
     name: str
-    status: str  # done / failed / skipped / pending / absent
+    status: str  # done / incomplete / failed / skipped / pending / absent
     dir: Path | None = None
     seconds: float | None = None
     error: str | None = None
@@ -82,7 +82,7 @@ def _stage(root: Path, name: str, info: dict | None) -> Stage:
         st.why = f"the {name} stage failed: {st.error or 'no error recorded'}"
     elif st.status == "skipped":
         st.why = f"the {name} stage was skipped" + (f": {st.note}" if st.note else "")
-    elif st.status != "done":
+    elif st.status not in ("done", "incomplete"):  # incomplete: finished, with a suite or candidate failed
         st.why = f"the {name} stage has not run yet (status: {st.status})"
     elif st.dir is None or not st.dir.is_dir():
         st.why = f"the {name} stage is marked done but its folder {info.get('dir')!r} is missing"

@@ -40,7 +40,8 @@ def render_markdown(data: RunData) -> str:
     if data.kind == "run":
         out += ["### Stages", ""]
         out += _table(["stage", "status", "seconds", "notes"],
-                      [[n, st.status, C.fmt(st.seconds, digits=1), cell(st.why or "")] for n, st in data.stages.items()])
+                      [[n, st.status, C.fmt(st.seconds, digits=1), cell(st.why or (st.error if st.status == "incomplete" else "") or "")]
+                       for n, st in data.stages.items()])
     out += ["### Gains and costs", ""]
     out += _suites(data)
     out += ["### Flips", ""]

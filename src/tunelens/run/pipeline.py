@@ -30,6 +30,7 @@ from .config import STAGES, RunConfig
 SCHEMA = "tunelens.run/1"
 DONE = "DONE"
 # what each stage reads; the report reads every stage
+INCOMPLETE = "INCOMPLETE"  # a finished attempt in which a suite or a repair candidate failed: retried, never reused
 DEPS = {"tune": [], "audit": ["tune"], "diff": ["tune"], "graft": ["tune"], "repair": ["tune"],
         "report": ["tune", "audit", "diff", "graft", "repair"]}
 EXIT_STAGE_FAILED, EXIT_GATE_FAILED = 1, 3
@@ -128,7 +129,8 @@ class Run:
 
 def run_pipeline(cfg: RunConfig, run_dir, *, config_path: str | None = None, from_stage: str | None = None,
                  only: str | None = None, display: bool = True) -> RunResult:
-    """Run (or resume) the pipeline into run_dir. Exit code: 0 ok, 1 a stage failed, 3 the audit gate failed."""
+    """Run (or resume) the pipeline into run_dir. Exit code: 0 ok, 1 a stage failed or is incomplete (a suite or a
+    repair candidate failed), 3 the audit gate failed."""
     for flag, st in (("--from", from_stage), ("--only", only)):
         if st is not None and st not in cfg.stages:
             raise TunelensError(f"{flag} {st}: " + (f"not a stage; stages: {', '.join(STAGES)}" if st not in STAGES
@@ -148,7 +150,7 @@ def run_pipeline(cfg: RunConfig, run_dir, *, config_path: str | None = None, fro
             _one(run, stage, stage in todo, stage in forced, disp)
     run.state["finished"] = _now()
     run.save()
-    failed = any(s["status"] == "failed" for s in run.state["stages"].values())
+    failed = any(s["status"] in ("failed", "incomplete") for s in run.state["stages"].values())
     code = EXIT_STAGE_FAILED if failed else EXIT_GATE_FAILED if run.gate_failed else 0
     return RunResult(run.run_dir, run.state, code)
 
@@ -197,7 +199,8 @@ def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> Non
     folder = run.folder(stage)
     # the report is reused only when it was built from exactly these finished stages
     report_fresh = stage != "report" or not run.ran and not any(
-        run.state["stages"][d]["status"] in ("failed", "skipped") and d in cfg.stages for d in DEPS["report"])
+        run.state["stages"][d]["status"] in ("failed", "skipped", "incomplete") and d in cfg.stages
+        for d in DEPS["report"])
     if not forced and report_fresh and run.done(stage):
         info = _done_info(folder)
         if stage == "audit":
@@ -208,12 +211,14 @@ def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> Non
                  note=(info.get("result") or {}).get("note"), error=None)
         disp.advance(stage, "cached")
         return
-    if folder.exists() and (forced or stage != "tune"):  # a stopped attempt: start it again (the tune resumes)
-        shutil.rmtree(folder)
+    # an incomplete attempt (a suite or candidate failed) keeps what succeeded; the stage retries the rest
+    retry = not forced and (folder / INCOMPLETE).is_file()
+    if folder.exists() and not retry and (forced or stage != "tune"):
+        shutil.rmtree(folder)  # a stopped attempt: start it again (the tune resumes from its checkpoint)
     folder.mkdir(parents=True, exist_ok=True)
     run.mark(stage, status="pending", dir=rel, note=f"running since {_now()}", error=None, cached=False)
     ctx = S.StageContext(cfg=cfg, run_dir=run.run_dir, out=folder, base=cfg.model, tuned=run.tuned(),
-                         dirs={s: run.folder(s) for s in run.hashes}, step=disp.step)
+                         dirs={s: run.folder(s) for s in run.hashes}, step=disp.step, retry=retry)
     t0 = time.perf_counter()
     run.ran.add(stage)
     disp.start(stage, _poller(run, stage, folder))
@@ -239,8 +244,15 @@ def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> Non
         for name in ("report.html", "report.md"):
             if (run.run_dir / name).is_file():
                 shutil.copy2(run.run_dir / name, folder / name)
-    write_json(folder / DONE, {"stage": stage, "hash": run.hashes[stage], "seconds": seconds, "finished": _now(),
-                               "result": result})
+    marker = {"stage": stage, "hash": run.hashes[stage], "seconds": seconds, "finished": _now(), "result": result}
+    if result.get("incomplete"):  # not a cache hit: the next run retries what failed
+        write_json(folder / INCOMPLETE, marker)
+        run.mark(stage, status="incomplete", seconds=seconds, error=result["incomplete"],
+                 note="; ".join(filter(None, [result.get("note"), "run the same command again to retry what failed"])))
+        disp.advance(stage, f"incomplete: {result['incomplete'][:100]}")
+        return
+    write_json(folder / DONE, marker)
+    (folder / INCOMPLETE).unlink(missing_ok=True)
     run.mark(stage, status="done", seconds=seconds, note=result.get("note"))
     disp.advance(stage, f"{seconds:.1f} s")
 

@@ -1,5 +1,6 @@
 """One function per pipeline stage. Each writes its artifacts into its own folder (`ctx.out`) and returns
-a small dict the pipeline records in run.json (or None)."""
+a small dict the pipeline records in run.json (or None). A result with "incomplete" (why) records the stage as
+incomplete: the next run calls it again with `ctx.retry` set, and it redoes only what failed."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class StageContext:
     tuned: str | None  # the tuned model (the tune stage's model/ or the config's `tuned:`)
     dirs: dict[str, Path] = field(default_factory=dict)  # every stage's folder, for the report
     step: Callable[[int, int], None] | None = None  # progress callback (done, total) for stages that report it
+    retry: bool = False  # the folder holds an incomplete attempt: keep what succeeded, redo what failed
 
 
 def tune_stage(ctx: StageContext) -> dict:
@@ -47,13 +49,20 @@ def audit_stage(ctx: StageContext) -> dict:
     check_tokenizers(hb, ht)
     actx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, progress=False)
     store = attach(actx, a.base_cache)
-    ledger = run_audit(actx, a.suites, ctx.out, a.gate or None)
+    ledger = run_audit(actx, a.suites, ctx.out, a.gate or None, resume=ctx.retry)
     failed = [g["expr"] for g in ledger.get("gates", []) if not g["passed"]]
     broken = [s for s, b in ledger["suites"].items() if b["status"] != "ok"]
     note = "; ".join(([f"gate failed: {', '.join(failed)}"] if failed else [])
-                     + ([f"suite(s) failed: {', '.join(broken)}"] if broken else [])
+                     + ([retry_note(ledger)] if ledger.get("reused_suites") else [])
                      + ([store.reuse_note()] if store and store.reuse_note() else []))
-    return {"gate_failed": failed, "note": note or None}
+    return {"gate_failed": failed, "note": note or None,
+            "incomplete": f"suite(s) failed: {', '.join(broken)}" if broken else None}
+
+
+def retry_note(ledger: dict) -> str:
+    reused = ledger.get("reused_suites") or []
+    redone = [s for s in ledger["suites"] if s not in reused]
+    return (f"retried {', '.join(redone) or 'nothing'}; reused {', '.join(reused)} from the earlier attempt")
 
 
 def diff_stage(ctx: StageContext) -> dict:
@@ -119,11 +128,16 @@ def repair_stage(ctx: StageContext) -> dict:
     s = repair_settings(ctx.cfg)
     flat = [{"name": c["name"], "method": c["method"], **c["options"]} for c in _candidates(ctx)]
     result = run_sweep(ctx.base, ctx.tuned, flat, ctx.out, suites=s["suites"], tasks=s["tasks"], limit=s["limit"],
-                       select=s["select"], progress=False, base_cache=ctx.cfg.audit.base_cache)
+                       select=s["select"], progress=False, base_cache=ctx.cfg.audit.base_cache, resume=ctx.retry)
     failed = [r["name"] for r in result["rows"] if r["status"] == "failed"]
-    note = (f"selected {result['selected']}" if result.get("selected") else "no candidate selected") + \
-        (f"; failed: {', '.join(failed)}" if failed else "")
-    return {"note": note}
+    ref_broken = result.get("reference_failed_suites") or []
+    reused = result.get("reused") or []
+    note = "; ".join([f"selected {result['selected']}" if result.get("selected") else "no candidate selected"]
+                     + ([f"reused {', '.join(reused)} from the earlier attempt"] if reused else []))
+    why = "; ".join(([f"candidate(s) failed: {', '.join(failed)}"] if failed else [])
+                    + ([f"the tuned model's re-audit had failed suite(s): {', '.join(ref_broken)}"] if ref_broken
+                       else []))
+    return {"note": note, "incomplete": why or None}
 
 
 def report_stage(ctx: StageContext) -> dict:
