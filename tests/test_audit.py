@@ -155,6 +155,40 @@ def test_limit_caps_robustness_items_and_never_adds(tiny, mc_task, monkeypatch):
         assert led["suites"]["robustness"]["entries"][0]["n"] == n, limit
 
 
+@pytest.mark.parametrize("limit", [0, -5, "ten", True, 2.5])
+def test_audit_context_refuses_a_limit_below_1_or_not_an_int(limit):
+    """Every suite slices its items by the limit: -5 kept 1 of 6 items and "ten" failed the suite at run time."""
+    with pytest.raises(TunelensError, match=r"^limit must be an integer >= 1, got "):
+        AuditContext(base=None, tuned=None, limit=limit)
+    assert AuditContext(base=None, tuned=None, limit=10**6).limit == 10**6  # more than the pool: the pool
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"limit": -4}, "limit must be an integer >= 1, got -4"),
+    ({"limit": 0}, "limit must be an integer >= 1, got 0"),
+    ({"limit": "2"}, "limit must be an integer >= 1, got '2' (a string)"),
+    ({"fewshot": -1}, "fewshot must be an integer >= 0, got -1"),
+    ({"template": "Animal? {text!r}"}, "malformed placeholder {text!r}"),
+])
+def test_evaluate_refuses_bad_limit_fewshot_and_template_before_scoring(mc_task, kw, message):
+    """`tunelens eval --limit -4` scored 2 of 6 items and `--fewshot -1` ran zero-shot: the library refuses them
+    for every caller (the CLI sets spec.fewshot after the spec was checked)."""
+    from dataclasses import replace
+
+    from tunelens.evaluate import evaluate
+
+    spec = replace(mc_task, fewshot=kw.pop("fewshot", 0))
+    with pytest.raises(TunelensError) as e:
+        evaluate(None, spec, n_boot=10, progress=False, **kw)  # refused before the model is used
+    assert message in str(e.value) and e.value.exit_code == 2
+
+
+def test_evaluate_limit_above_the_pool_uses_the_pool(tiny, mc_task):
+    from tunelens.evaluate import evaluate
+
+    assert evaluate(tiny, mc_task, limit=1000, n_boot=10, progress=False).info["task"]["n_items"] == 12
+
+
 def test_unknown_suite_is_an_error(tiny):
     with pytest.raises(TunelensError, match="unknown suite"):
         run_audit(AuditContext(base=tiny, tuned=tiny), ["nope"])

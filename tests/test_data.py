@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -273,6 +274,96 @@ def test_missing_and_unreadable_files(tmp_path):
         load_items({"type": "multiple_choice", "data": str(tmp_path / "dir.jsonl")}, "test")
 
 
+# ---------------------------------------------------------------- size limits (issue 15)
+
+
+@pytest.fixture
+def no_limit_env(monkeypatch):
+    monkeypatch.delenv("TUNELENS_MAX_LINE_BYTES", raising=False)
+    monkeypatch.delenv("TUNELENS_MAX_JSON_BYTES", raising=False)
+
+
+def test_giant_jsonl_line_is_refused_with_file_and_line(tmp_path, monkeypatch):
+    """A 2 MB single-line item used to be tokenised and scored for minutes; now it stops at the reader."""
+    monkeypatch.setenv("TUNELENS_MAX_LINE_BYTES", str(1 << 20))
+    giant = json.dumps({"question": "q", "choices": ["a", "b"], "answer": 0, "pad": ""})
+    giant = giant.replace('"pad": ""', '"pad": "' + "x" * ((2 << 20) - len(giant)) + '"')
+    assert len(giant) == 2 << 20
+    msg = _error(tmp_path, "d.jsonl", mc() + mc() + giant + "\n" + mc())
+    assert msg == (f"{tmp_path / 'd.jsonl'}:3: line is 2,097,152 bytes, over the 1,048,576-byte limit "
+                   "(TUNELENS_MAX_LINE_BYTES); split or shorten the item")
+
+
+def test_giant_line_is_measured_not_held_in_memory(tmp_path, monkeypatch, no_limit_env):
+    import tracemalloc
+
+    from tunelens.data import readers
+
+    monkeypatch.setattr(readers, "MAX_LINE_BYTES", 4096)
+    path = tmp_path / "d.jsonl"
+    path.write_text(mc() + json.dumps({"question": "y" * (4 << 20)}) + "\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"d.jsonl:2: line is 4,194,3\d\d bytes, over the 4,096-byte limit"):
+            readers.read_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # a quarter of the line: it was read in bounded chunks
+
+
+@pytest.mark.parametrize("suffix, line, what", [(".jsonl", 3, "line"), (".csv", 4, "line"),
+                                                (".json", 2, "item"), (".parquet", 2, "item")])
+def test_item_over_the_limit_names_file_and_line_in_every_format(tmp_path, monkeypatch, no_limit_env,
+                                                                  suffix, line, what):
+    from tunelens.data import readers
+
+    monkeypatch.setattr(readers, "MAX_LINE_BYTES", 1000)
+    rows = ROWS["classification"][:2] + [{"text": "long " * 400, "label": "pos"}]
+    path = write(tmp_path / f"d{suffix}", rows)
+    with pytest.raises(DataError) as e:
+        load_items(path, "test")
+    assert re.fullmatch(rf"{re.escape(str(path))}:{line}: {what} is [\d,]+ bytes( as a JSON line)?, over the "
+                        r"1,000-byte limit \(TUNELENS_MAX_LINE_BYTES\); split or shorten the item", str(e.value))
+
+
+def test_csv_row_spanning_lines_is_bounded_and_long_fields_below_the_limit_are_read(tmp_path, monkeypatch,
+                                                                                   no_limit_env):
+    # csv's own 131,072-character field limit no longer refuses a field the byte limit allows
+    long_text = "word " * 40_000
+    path = write(tmp_path / "ok.csv", ROWS["classification"][:2] + [{"text": long_text, "label": "pos"}])
+    assert load_items(path, "test")[2].fields["text"] == long_text
+    # an unclosed quote makes one row of the rest of the file: refused where the row starts
+    monkeypatch.setenv("TUNELENS_MAX_LINE_BYTES", "100")
+    msg = _error(tmp_path, "d.csv", 'question,choices,answer\nq,"a|b",0\n"open quote\n' + "more text\n" * 20)
+    assert msg == (f"{tmp_path / 'd.csv'}:3: row (lines 3-13) is over the 100-byte limit (TUNELENS_MAX_LINE_BYTES); "
+                   "check for an unclosed quote, or split or shorten the item")
+
+
+def test_whole_file_json_over_its_cap_is_refused_before_parsing(tmp_path, monkeypatch, no_limit_env):
+    from tunelens.data import readers
+
+    path = write(tmp_path / "d.json", ROWS["classification"])
+    monkeypatch.setenv("TUNELENS_MAX_JSON_BYTES", "50")
+    monkeypatch.setattr(readers.json, "loads", lambda *a, **k: pytest.fail("parsed a file over the cap"))
+    with pytest.raises(DataError) as e:
+        readers.read_file(path)
+    assert str(e.value) == (f"{path}: file is {path.stat().st_size:,} bytes, over the 50-byte limit for a whole-file "
+                            "JSON array (TUNELENS_MAX_JSON_BYTES); write it as JSONL, one item per line")
+
+
+def test_bad_limit_setting_and_undecodable_byte_name_what_and_where(tmp_path, monkeypatch, no_limit_env):
+    from tunelens.errors import TunelensError
+
+    path = write(tmp_path / "d.jsonl", ROWS["classification"])
+    monkeypatch.setenv("TUNELENS_MAX_LINE_BYTES", "1MB")
+    with pytest.raises(TunelensError, match=r"^TUNELENS_MAX_LINE_BYTES must be a positive number of bytes, got '1MB'$"):
+        load_items(path, "test")
+    monkeypatch.delenv("TUNELENS_MAX_LINE_BYTES")
+    msg = _error(tmp_path, "bin.jsonl", mc().encode() + b'{"question": "q\xff"}\n')
+    assert msg == f"{tmp_path / 'bin.jsonl'}:2: cannot read file: not UTF-8 text (byte 0xff at column 16)"
+
+
 def test_duplicate_ids(tmp_path):
     msg = _error(tmp_path, "d.jsonl", mc(id="x") + mc(id="y") + mc(id="x"))
     assert msg == f"{tmp_path / 'd.jsonl'}:3, field 'id': duplicate id 'x' (also at {tmp_path / 'd.jsonl'}:1)"
@@ -424,6 +515,42 @@ def test_template_errors(tmp_path):
         __import__("tokenizers").models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
     with pytest.raises(ModelError, match="chat_template: false"):
         render_prompt(spec, load_items(spec, "test")[0], no_template)
+
+
+@pytest.mark.parametrize("template, problem", [
+    ("Review: {text", "a '{' that is never closed"),
+    ("Review: {0}", "positional placeholder {0} (name a field)"),
+    ("Review: {text!r}", "malformed placeholder {text!r}"),
+    ("Review: {a.b}", "malformed placeholder {a.b}"),
+    ("Review: {text:>9}", "malformed placeholder {text:>9}"),
+    ("Review: {text:}", "malformed placeholder {text:}"),
+    ("Review: {}", "malformed placeholder {}"),
+    ("Review: { text }", "malformed placeholder { text }"),
+    ("Review: text}", "a '}' with no '{' before it"),
+])
+def test_malformed_template_placeholder_is_an_error_at_load(tmp_path, template, problem):
+    """A malformed placeholder was sent to the model verbatim; now loading the spec names the file, the line and
+    the key, so it is reported before any model loads."""
+    (tmp_path / "t.yaml").write_text(f"type: classification\ndata: d.jsonl\ntemplate: {json.dumps(template)}\n")
+    with pytest.raises(DataError) as e:
+        load_task(tmp_path / "t.yaml")
+    assert str(e.value).startswith(f"{tmp_path / 't.yaml'}:3, field 'template': {problem}; only plain {{field}} ")
+    with pytest.raises(DataError, match="field 'paraphrases': paraphrase 1: "):
+        load_task({"type": "classification", "data": "d.jsonl", "paraphrases": ["{text}", template]})
+
+
+def test_template_escapes_and_unknown_placeholder_reported_when_items_are_read(tmp_path):
+    """{{ and }} are literal braces; a placeholder naming no field of the rows is reported when the items are read
+    (before a model is asked for anything), naming the spec, the key and the row."""
+    spec = _cls_spec(tmp_path, template='JSON {{"review": "{text}"}}')
+    assert render_prompt(spec, load_items(spec, "test")[0]) == 'JSON {"review": "good"}'
+    spec = _cls_spec(tmp_path, template="Review: {txt}")
+    with pytest.raises(DataError, match=r"field 'template': template placeholder \{txt\} is not a field of the item "
+                                        r"at .*c.jsonl:1 \(available: choices, choices_lettered, context, id, label"):
+        load_items(spec, "test")
+    spec = _cls_spec(tmp_path, paraphrases=["Review: {text}", "Text: {review}"])
+    with pytest.raises(DataError, match=r"field 'paraphrases': paraphrase 1: template placeholder \{review\}"):
+        load_items(spec, "train")
 
 
 def test_fewshot_deterministic(tmp_path):

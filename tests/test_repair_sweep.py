@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -10,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import write_pets_task
 from tunelens.errors import TunelensError
-from tunelens.repair.sweep import best, check_select, pareto, run_sweep
+from tunelens.repair.sweep import best, check_select, load_sweep_file, pareto, run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,55 @@ def test_select_errors(expr, msg):
     with pytest.raises(TunelensError, match=msg):
         check_select(expr, {"task.accuracy": 0.8, "safety.refusal_rate": 0.6},
                      {"base": {"task.accuracy": 0.5}, "tuned": {"task.accuracy": 0.9}})
+
+
+GOOD_SWEEP = "candidates:\n  - {method: interpolate, alpha: 0.5}\nsuites: [task]\nlimit: 2\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("limt: 2\n", r":5: unknown key 'limt'; did you mean 'limit'\?"),
+    ("limit: -1\n", r":5: limit must be an integer >= 1, got -1$"),  # a repeated key: the last one counts
+    ("suites: task\n", r":5: suites must be a list of strings, e.g. suites: \[task, safety\], got 'task'"),
+    ("suites: [task, safty]\n", r":5: unknown audit suite 'safty'; did you mean 'safety'\?"),
+    ("tasks: t.yaml\n", r":5: tasks must be a list of strings"),
+    ("select: 'task.accuracy >='\n", r": select 'task.accuracy >=' does not parse"),
+    ("select: 'task.accuracy'\n", r": select 'task.accuracy' is not a comparison"),
+    ("out: 5\n", r":5: out must be a string, got 5"),
+])
+def test_sweep_file_checks_every_key_and_value(tmp_path, text, message):
+    """The --sweep file is checked before any model loads: a typo (`limt: 2`) audited every item and a bad limit
+    or select failed after minutes of audits; each is one line naming the file, the key's line and the value."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(GOOD_SWEEP + text)
+    with pytest.raises(TunelensError, match=re.escape(str(path)) + message) as e:
+        load_sweep_file(path)
+    assert e.value.exit_code == 2
+
+
+def test_sweep_file_candidates_yaml_errors_and_a_good_file(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("candidates: {method: interpolate}\n")
+    with pytest.raises(TunelensError, match=r"sweep.yaml:1: candidates must be a list of mappings"):
+        load_sweep_file(path)
+    path.write_text("candidates:\n  - {alpha: 0.5}\n")
+    with pytest.raises(TunelensError, match=r"sweep.yaml:1: candidates\[0\] must have a 'method' key"):
+        load_sweep_file(path)
+    path.write_text("candidates:\n  - {method: interpolat}\n")
+    with pytest.raises(TunelensError, match=r"sweep.yaml:1: candidates\[0\]: unknown repair method 'interpolat'"):
+        load_sweep_file(path)
+    path.write_text("candidates:\n  - {method: interpolate\nlimit: 2\n")
+    with pytest.raises(TunelensError, match=r"sweep.yaml:3: invalid YAML"):
+        load_sweep_file(path)
+    path.write_text(GOOD_SWEEP + "base: b\ntuned: t\nselect: task.accuracy >= 0.9*tuned\n")
+    assert load_sweep_file(path) == {"candidates": [{"method": "interpolate", "alpha": 0.5}], "suites": ["task"],
+                                     "limit": 2, "base": "b", "tuned": "t", "select": "task.accuracy >= 0.9*tuned"}
+
+
+@pytest.mark.parametrize("limit", [0, -4, "ten"])
+def test_run_sweep_refuses_a_bad_limit_before_loading_models(tmp_path, limit):
+    with pytest.raises(TunelensError, match="limit must be an integer >= 1"):
+        run_sweep(str(tmp_path / "no-base"), str(tmp_path / "no-tuned"), [{"method": "interpolate", "alpha": 0.5}],
+                  tmp_path / "sw", suites=["task"], tasks=[], limit=limit, progress=False)
 
 
 def test_sweep_audits_candidates_and_selects(tiny_model_dir, tiny_adapter_dir, aligned_dir, mc_task_file, tmp_path):

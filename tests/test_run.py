@@ -6,6 +6,7 @@ stages on the tiny model, and an integration test runs the quickstart config on 
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,57 @@ def test_config_rules(cfg_raw, tmp_path):
     p.write_text("model: default\naudit: {suites: [task], limt: 2}\n")
     with pytest.raises(TunelensError, match=r"bad.yaml: unknown key 'audit.limt'; did you mean 'audit.limit'"):
         load_run_config(p)
+
+
+@pytest.mark.parametrize("section, patch, message", [
+    ("audit", {"limit": -5}, "section 'audit': limit must be an integer >= 1, got -5"),
+    ("audit", {"limit": "ten"}, "section 'audit': limit must be an integer >= 1, got 'ten' (a string)"),
+    ("audit", {"limit": True}, "section 'audit': limit must be an integer >= 1, got true (a boolean)"),
+    ("audit", {"suites": "task"}, "section 'audit': suites must be a list of strings, e.g. suites: [task, safety], "
+                                  "got 'task' (a string)"),
+    ("audit", {"gate": "safety.refusal_rate.delta >= -0.05"}, "section 'audit': gate must be a list of strings"),
+    ("audit", {"gate": [0.5]}, "section 'audit': gate must be a list of strings"),
+    ("audit", {"seed": "x"}, "section 'audit': seed must be an integer >= 0"),
+    ("repair", {"limit": 0}, "section 'repair': limit must be an integer >= 1, got 0"),
+    ("repair", {"candidates": {"method": "interpolate"}}, "section 'repair': candidates must be a list of mappings"),
+    ("repair", {"suites": "safety"}, "section 'repair': suites must be a list of strings"),
+    ("repair", {"select": "task.accuracy >="}, "section 'repair': select 'task.accuracy >=' does not parse"),
+    ("graft", {"select_limit": -1}, "section 'graft': select_limit must be an integer >= 1, got -1"),
+    ("graft", {"eval_limit": 0}, "section 'graft': eval_limit must be an integer >= 1, got 0"),
+    ("graft", {"examples": "64"}, "section 'graft': examples must be an integer >= 1, got '64' (a string)"),
+    ("graft", {"steps": -1}, "section 'graft': steps must be an integer >= 0, got -1"),
+    ("graft", {"sparsities": [0.0]}, "section 'graft': sparsities must be a number in (0, 1], got 0.0"),
+    ("graft", {"sparsities": [1.5]}, "section 'graft': sparsities must be a number in (0, 1], got 1.5"),
+    ("graft", {"sparsities": 0.1}, "section 'graft': sparsities must be a non-empty list of fractions in (0, 1]"),
+    ("graft", {"lr": -1}, "section 'graft': lr must be a number > 0, got -1"),
+    ("graft", {"seed": 1.5}, "section 'graft': seed must be an integer >= 0, got 1.5"),
+    ("diff", {"rank_max_dim": 0}, "section 'diff': rank_max_dim must be an integer >= 1, got 0"),
+    ("tune", {"batch_size": 0}, "section 'tune': batch_size must be an integer >= 1, got 0"),
+    ("tune", {"max_steps": -3}, "section 'tune': max_steps must be -1 (train by epochs) or an integer >= 1, got -3"),
+])
+def test_bad_values_name_section_key_value_and_range(cfg_raw, section, patch, message):
+    """A value of the wrong type or out of range is refused when the config is read, not minutes later: a negative
+    audit limit sliced 1 of 6 items, "ten" failed the suite at run time and `suites: task` was read letter by
+    letter."""
+    raw = {**cfg_raw, section: {**(cfg_raw.get(section) or {}), **patch}}
+    with pytest.raises(TunelensError) as e:
+        parse_config(raw, "run.yaml: ")
+    assert str(e.value).startswith(f"run.yaml: {message}") and e.value.exit_code == 2
+
+
+def test_bad_value_and_yaml_error_name_file_and_line(cfg_raw, tmp_path):
+    """From a file, a bad value names the file and its key's line; a YAML syntax error names the line it is on."""
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump({**cfg_raw, "audit": {"suites": ["task"], "limit": -5}}, sort_keys=False))
+    line = next(i for i, text in enumerate(p.read_text().splitlines(), 1) if "limit: -5" in text)
+    with pytest.raises(TunelensError, match=rf"^{re.escape(str(p))}:{line}: section 'audit': limit must be an "
+                                            r"integer >= 1, got -5$"):
+        load_run_config(p)
+    p.write_text("model: default\naudit:\n  suites: [task]\n   limit: 3\n")
+    with pytest.raises(TunelensError, match=rf"^{re.escape(str(p))}:4: invalid YAML: expected <block end>"):
+        load_run_config(p)
+    r = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and f"{p}:4: invalid YAML" in r.output
 
 
 def test_cli_unknown_key_exits_2(tmp_path):
@@ -441,13 +493,14 @@ def test_incomplete_stage_is_retried_with_its_folder_kept(cfg_raw, tmp_path, mon
     assert not (run_dir / st["dir"] / "DONE").exists() and (run_dir / st["dir"] / "INCOMPLETE").is_file()
     r = run_pipeline(parse_config(cfg_raw), run_dir, display=False)
     assert r.exit_code == 0 and statuses(run_dir)["audit"] == "done"
-    assert seen == [(False, ["stage.log"]), (True, ["INCOMPLETE", "kept.txt", "stage.log"])]
+    assert seen == [(False, [".tunelens-out.json", "stage.log"]),
+                    (True, [".tunelens-out.json", "INCOMPLETE", "kept.txt", "stage.log"])]
     assert (run_dir / st["dir"] / "DONE").is_file() and not (run_dir / st["dir"] / "INCOMPLETE").exists()
     run_pipeline(parse_config(cfg_raw), run_dir, display=False)
     assert len(seen) == 2  # now it is cached
     # --from starts an incomplete stage afresh
     r = run_pipeline(parse_config(cfg_raw), run_dir, display=False, from_stage="audit")
-    assert seen[-1] == (False, ["stage.log"])
+    assert seen[-1] == (False, [".tunelens-out.json", "stage.log"])
 
 
 def test_failed_suite_rerun_after_the_cause_is_fixed(tiny_model_dir, tmp_path, monkeypatch):

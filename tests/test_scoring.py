@@ -139,3 +139,62 @@ def test_generate_with_a_shared_prefix_matches_one_prompt_at_a_time(tiny, monkey
     assert [g.logprob for g in shared] == pytest.approx([g.logprob for g in alone], abs=1e-4)
     assert [x for g in shared for x in g.first_logprobs] == pytest.approx(
         [x for g in alone for x in g.first_logprobs], abs=1e-4)
+
+
+# ---------------------------------------------------------------- prompts longer than the context (issue 15)
+
+
+def _long_text(n_words=120):
+    return " ".join(WORDS[i % len(WORDS)] for i in range(n_words))
+
+
+def test_long_context_is_cut_from_the_left_counted_and_warned(tiny, monkeypatch, caplog):
+    import logging
+
+    model, tok = tiny
+    monkeypatch.setattr(model.config, "max_position_embeddings", 64)
+    reqs = [(_long_text(), [" cat", " dog sat"]), ("the cat", [" sat", " ran"])]
+    ctx_ids, _ = encode_pair(tok, reqs[0][0], " cat")
+    assert len(ctx_ids) > 64
+    kept = 64 - max(len(encode_pair(tok, reqs[0][0], c)[1]) for c in reqs[0][1]) + 1
+    with caplog.at_level(logging.WARNING, logger="tunelens.scoring"):
+        got = loglikelihood(model, tok, reqs, progress=False)
+    assert [c.truncated for c in got[0]] == [len(ctx_ids) - kept] * 2  # every choice scored on the same cut
+    assert [c.truncated for c in got[1]] == [0, 0]
+    assert scoring.n_truncated(got) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"tunelens: scoring: 1 of 2 prompts do not fit the model's 64-token context with their continuations "
+        f"(kept whole); cut from the left to their last {kept} tokens"]
+    # the end of the prompt is what was kept: the same scores as the ground truth on the cut context
+    ref = loglikelihood_reference(model, tok, reqs)
+    assert _flat(got) == pytest.approx(_flat(ref), abs=1e-4)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tunelens.scoring"):
+        assert scoring.n_truncated(loglikelihood(model, tok, reqs[1:], progress=False)) == 0
+    assert not caplog.records  # nothing cut, nothing said
+
+
+def test_long_generation_prompt_keeps_room_for_new_tokens_counted_and_warned(tiny, monkeypatch, caplog):
+    import logging
+
+    from tunelens.errors import TunelensError
+
+    model, tok = tiny
+    monkeypatch.setattr(model.config, "max_position_embeddings", 64)
+    prompts = [_long_text(), "the cat sat on"]
+    ids = scoring.encode(tok, prompts[0])
+    assert len(ids) > 56
+    with caplog.at_level(logging.WARNING, logger="tunelens.scoring"):
+        got = generate(model, tok, prompts, max_new_tokens=8, progress=False)
+    assert [g.truncated for g in got] == [len(ids) - 56, 0]
+    assert scoring.n_truncated(got) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "tunelens: generating: 1 of 2 prompts do not fit the model's 64-token context with max_new_tokens=8; "
+        "cut from the left to their last 56 tokens"]
+    # generated from the last 56 prompt tokens, exactly as if the prompt had been that short
+    cut_text = tok.decode(ids[-56:])
+    assert scoring.encode(tok, cut_text) == ids[-56:]
+    alone = generate(model, tok, [cut_text], max_new_tokens=8, progress=False)[0]
+    assert (alone.tokens, alone.truncated) == (got[0].tokens, 0)
+    with pytest.raises(TunelensError, match="max_new_tokens=64 leaves no room for a prompt in the model's 64-token"):
+        generate(model, tok, prompts, max_new_tokens=64, progress=False)

@@ -398,6 +398,56 @@ def test_unknown_config_key_suggests_closest(tmp_path):
     assert load_config(path, lora_alpha=4).lora_r == 8
 
 
+@pytest.mark.parametrize("key, value, expected", [
+    ("batch_size", 0, "batch_size must be an integer >= 1, got 0"),
+    ("batch_size", True, "batch_size must be an integer >= 1, got true (a boolean)"),
+    ("batch_size", 8.0, "batch_size must be an integer >= 1, got 8.0"),
+    ("learning_rate", -1.0, "learning_rate must be a number > 0, got -1.0"),
+    ("lora_r", 0, "lora_r must be an integer >= 1, got 0"),
+    ("max_steps", -3, "max_steps must be -1 (train by epochs) or an integer >= 1, got -3"),
+    ("max_steps", 0, "max_steps must be -1 (train by epochs) or an integer >= 1, got 0"),
+    ("max_steps", "two", "max_steps must be -1 (train by epochs) or an integer >= 1, got 'two' (a string)"),
+    ("max_examples", -2, "max_examples must be an integer >= 1, got -2"),
+    ("grad_accum", 0, "grad_accum must be an integer >= 1"),
+    ("epochs", 0, "epochs must be a number > 0, got 0"),
+    ("epochs", float("nan"), "epochs must be a number > 0, got nan"),
+    ("save_steps", 0, "save_steps must be an integer >= 1"),
+    ("max_length", 0, "max_length must be an integer >= 1"),
+    ("lora_alpha", 0, "lora_alpha must be a number > 0"),
+    ("lora_dropout", 1.0, "lora_dropout must be a number in [0, 1), got 1.0"),
+    ("num_virtual_tokens", 0, "num_virtual_tokens must be an integer >= 1"),
+    ("warmup_ratio", -0.1, "warmup_ratio must be a number in [0, 1)"),
+    ("weight_decay", -0.1, "weight_decay must be a number >= 0"),
+    ("save_total_limit", 0, "save_total_limit must be an integer >= 1"),
+    ("logging_steps", 0, "logging_steps must be an integer >= 1"),
+    ("replay", "x", "replay must be a number in [0, 1), got 'x' (a string)"),
+    ("seed", -1, "seed must be an integer >= 0"),
+    ("packing", "yes", "packing must be true or false, got 'yes' (a string)"),
+    ("data", 5, "data must be a list of strings"),
+    ("lr_scheduler", "cosin", "unknown lr_scheduler 'cosin'; did you mean 'cosine'?"),
+])
+def test_bad_setting_values_name_the_key_value_and_range(key, value, expected):
+    """A value that would fail deep inside training, or quietly do something else (max_steps -3 trained a whole
+    epoch, max_examples -2 sliced the set from the end), is one line naming the setting, the range and the value."""
+    with pytest.raises(TunelensError) as e:
+        load_config(**{"data": ["t.yaml"], key: value})
+    assert str(e.value).startswith(expected) and e.value.exit_code == 2
+
+
+def test_bad_values_in_the_config_file_name_file_and_line(tmp_path):
+    """From a file, the error says where: the file and the key's line; a flag that overrides the key is not
+    blamed on the file, and a YAML syntax error names the line too."""
+    path = tmp_path / "tune.yaml"
+    path.write_text("data: [t.yaml]\n\nbatch_size: 0\nlora_r: 4\n")
+    with pytest.raises(TunelensError, match=rf"^{re.escape(str(path))}:3: batch_size must be an integer >= 1, got 0$"):
+        load_config(path)
+    with pytest.raises(TunelensError, match=r"^lora_r must be an integer >= 1, got 0$"):
+        load_config(path, batch_size=2, lora_r=0)
+    path.write_text("data: [t.yaml]\nmax_steps: [1\nbatch_size: 2\n")
+    with pytest.raises(TunelensError, match=rf"^{re.escape(str(path))}:3: invalid YAML: "):
+        load_config(path)
+
+
 # ---------------------------------------------------------------------------------------------------- 6. kill + resume
 
 

@@ -27,7 +27,8 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 def _friendly(fn):
-    """User errors become one line on stderr and exit code 2; --debug shows the traceback."""
+    """User errors become one line on stderr and exit code 2; --debug shows the traceback. An OSError (a path
+    that is a file, a read-only folder, a full disk) is a user error too: the path, the reason, what to do."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -38,6 +39,13 @@ def _friendly(fn):
                 raise
             typer.echo(f"tunelens: error: {e}", err=True)
             raise typer.Exit(e.exit_code)
+        except OSError as e:
+            if _state["debug"]:
+                raise
+            from .outdir import os_error_message
+
+            typer.echo(f"tunelens: error: {os_error_message(e)}", err=True)
+            raise typer.Exit(2)
 
     return wrapper
 
@@ -82,15 +90,23 @@ def eval_cmd(
     from .data import load_task
     from .evaluate import evaluate
     from .models import resolve_model
+    from .outdir import claim
 
+    from . import checks as C
+    from .data import load_items
+
+    C.integer(limit, "--limit", 1, null=True)
+    C.integer(fewshot, "--fewshot", 0, null=True)
     spec = load_task(task)
     if fewshot is not None:
         spec.fewshot = fewshot
-    handle = resolve_model(model, base=base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                           merge_adapter="auto")
-    result = evaluate(handle, spec, split=split, limit=limit, token_budget=token_budget, batch_size=batch_size,
-                      seed=seed)
-    result.save(out)
+    load_items(spec, split or spec.eval_split)  # every bad row or template field is named before the model loads
+    with claim(out, "eval"):  # checked (ours, writable, free) before the model loads and the items are scored
+        handle = resolve_model(model, base=base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                               merge_adapter="auto")
+        result = evaluate(handle, spec, split=split, limit=limit, token_budget=token_budget,
+                          batch_size=batch_size, seed=seed)
+        result.save(out)
     _print_metrics(result)
     typer.echo(f"wrote {out / 'results.json'} and {out / 'items.jsonl'}")
 
@@ -218,29 +234,37 @@ def audit_cmd(
         from .audit.lmeval_bridge import require_lm_eval
 
         require_lm_eval()
-    specs = [load_task(t) for t in (task or [])]
-    hb = resolve_model(base, allow_pickle=allow_pickle)
-    ht = resolve_model(tuned, allow_pickle=allow_pickle, merge_adapter="auto")  # merged: same outputs, faster
-    check_tokenizers(hb, ht, allow_tokenizer_mismatch)
-    if gate:  # fail on a malformed gate before spending minutes on the suites
-        for g in gate:
-            try:
-                G.check(g, {})
-            except TunelensError as e:
-                if "unknown metric" not in str(e):
-                    raise
-    chosen = [s.strip() for s in suites.split(",")] if suites else None
-    ctx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=limit, seed=seed)
-    for t in lm_eval or []:
-        from .audit.lmeval_bridge import add_lm_eval_task
+    from .outdir import claim
 
-        add_lm_eval_task(ctx, t, lm_eval_include)
-    store = attach(ctx, False if no_base_cache else base_cache or True)
-    ledger = run_audit(ctx, chosen, out, gate)
+    from . import checks as C
+    from .data import load_items
+
+    C.integer(limit, "--limit", 1, null=True)
+    specs = [load_task(t) for t in (task or [])]
+    for spec in specs:  # bad rows and template fields are named before the models load
+        load_items(spec, spec.eval_split)
+    for g in gate or []:  # a malformed gate fails before models load and suites run
+        G.validate(g)
+    chosen = [s.strip() for s in suites.split(",")] if suites else None
+    with claim(out, "audit"):
+        hb = resolve_model(base, allow_pickle=allow_pickle)
+        ht = resolve_model(tuned, allow_pickle=allow_pickle, merge_adapter="auto")  # merged: same outputs, faster
+        check_tokenizers(hb, ht, allow_tokenizer_mismatch)
+        ctx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=limit, seed=seed)
+        for t in lm_eval or []:
+            from .audit.lmeval_bridge import add_lm_eval_task
+
+            add_lm_eval_task(ctx, t, lm_eval_include)
+        store = attach(ctx, False if no_base_cache else base_cache or True)
+        ledger = run_audit(ctx, chosen, out, gate)
     _print_ledger(ledger)
     if store and store.reuse_note():
         typer.echo(store.reuse_note())
     typer.echo(f"wrote {out / 'ledger.json'}, {out / 'summary.md'} and {out / 'items'}/")
+    broken = [s for s, b in ledger["suites"].items() if b["status"] != "ok"]
+    if broken:  # a failed suite is never a silent success
+        typer.echo(f"tunelens: suite(s) failed: {', '.join(broken)} (the error is in {out / 'ledger.json'})", err=True)
+        raise typer.Exit(1)
     failed = [g["expr"] for g in ledger.get("gates", []) if not g["passed"]]
     if failed:
         typer.echo("tunelens: gate failed: " + "; ".join(failed), err=True)
@@ -308,8 +332,11 @@ def diff_cmd(
             shown["pct"] = pct
             typer.echo(f"\rdiff: {pct:3d}% of {total / 1e9:.2f} GB", err=True, nl=False)
 
-    result = diff_models(base, tuned, other=other, out=out, rank=rank, rank_max_dim=rank_max_dim,
-                         progress=progress)
+    from .outdir import claim
+
+    with claim(out, "diff"):
+        result = diff_models(base, tuned, other=other, out=out, rank=rank, rank_max_dim=rank_max_dim,
+                             progress=progress)
     if shown["pct"] >= 0:
         typer.echo("", err=True)
     for line in summary_lines(result):
@@ -357,9 +384,12 @@ def graft_cmd(
     def progress(done: int, total: int) -> None:
         bar.update(done - bar.n)
 
-    result = graft(base, tuned, task, sparsities, steps=steps, lr=lr, examples=examples, batch_size=batch_size, out=out,
-                   save_model=save_model, seed=seed, include_embeddings=include_embeddings,
-                   select_limit=select_limit, eval_limit=eval_limit, progress=progress)
+    from .outdir import claim
+
+    with claim(out, "graft"):
+        result = graft(base, tuned, task, sparsities, steps=steps, lr=lr, examples=examples, batch_size=batch_size,
+                       out=out, save_model=save_model, seed=seed, include_embeddings=include_embeddings,
+                       select_limit=select_limit, eval_limit=eval_limit, progress=progress)
     bar.close()
     for r in result["results"]:
         sc, g = r["score"], r["gain_recovered"]
@@ -413,23 +443,28 @@ def repair_cmd(
     if sweep is not None:
         from .repair.sweep import run_sweep
 
-        try:
-            cfg = yaml.safe_load(sweep.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise TunelensError(f"{sweep}: unreadable sweep file ({str(e).splitlines()[0]})") from None
-        if not isinstance(cfg, dict):
-            raise TunelensError(f"{sweep}: expected a mapping with candidates, suites, tasks, limit")
+        from .repair.sweep import load_sweep_file
+
+        cfg = load_sweep_file(sweep)  # every key and value checked, with "did you mean" for a typo
         base, tuned = base or cfg.get("base"), tuned or cfg.get("tuned")
         if not base or not tuned:
             raise TunelensError("a sweep needs --base and --tuned (or base: and tuned: in the sweep file)")
         out = out or Path(cfg.get("out") or "out/repair-sweep")
-        res = run_sweep(str(base), str(tuned), cfg.get("candidates") or [], out,
-                        suites=list(cfg.get("suites") or ["task", "safety", "over_refusal"]),
-                        tasks=list(cfg.get("tasks") or []), limit=cfg.get("limit"),
-                        select=select or cfg.get("select"))
+        from .outdir import claim
+
+        with claim(out, "sweep"):
+            res = run_sweep(str(base), str(tuned), cfg.get("candidates") or [], out,
+                            suites=list(cfg.get("suites") or ["task", "safety", "over_refusal"]),
+                            tasks=list(cfg.get("tasks") or []), limit=cfg.get("limit"),
+                            select=select or cfg.get("select"))
         typer.echo((out / "sweep.md").read_text(encoding="utf-8"))
         typer.echo(f"wrote {out / 'sweep.json'}" + (f"; selected {res['selected']} -> {out / 'selected'}"
                                                      if res["selected"] else ""))
+        failed = [r["name"] for r in res["rows"] if r["status"] != "ok"]
+        if failed:  # a failed candidate is never a silent success
+            typer.echo(f"tunelens: candidate(s) failed: {', '.join(failed)} (errors in {out / 'sweep.json'})",
+                       err=True)
+            raise typer.Exit(1)
         return
     if not (base and tuned and method):
         raise TunelensError("give --base, --tuned and --method (or --sweep FILE)")

@@ -26,6 +26,7 @@ class DataError(TunelensError):
             where.append(f"field '{field}'")
         super().__init__((": ".join([", ".join(where), message])) if where else message)
         self.path, self.line, self.field = path, line, field
+        self.detail = message  # without the location, to raise again with a line found later
 
 
 class ModelError(TunelensError):

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, metrics
+from . import checks as C
 from .data import TaskSpec, answer_text, continuations, fewshot_examples, load_items, render_prompt
+from .data.tasks import check_template
 from .errors import TunelensError
 from .io import write_json, write_jsonl
 from .scoring import generate, loglikelihood
@@ -50,7 +52,14 @@ def evaluate(
     seed: int | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Score `handle` (a models.ModelHandle) on the task's split; returns records and metrics."""
+    """Score `handle` (a models.ModelHandle) on the task's split; returns records and metrics.
+
+    `limit`: the first N items (None: all; more than the split has: all); a limit below 1 or a negative
+    few-shot k is refused here, for every caller (a negative limit would slice items off the end)."""
+    C.integer(limit, "limit", 1, null=True)
+    C.integer(spec.fewshot, "fewshot", 0)  # callers (the CLI's --fewshot) may set it after the spec was checked
+    if template is not None:
+        check_template(template, spec.path or spec.name)
     split = split or spec.eval_split
     seed = spec.seed if seed is None else seed
     items = load_items(spec, split)
@@ -86,6 +95,7 @@ def evaluate(
         "model": {"name": handle.name, "kind": handle.kind, "path": str(handle.path) if handle.path else None,
                   "base": handle.base},
         "task": {"name": spec.name, "type": spec.type, "split": split, "n_items": len(records),
+                 "n_truncated": sum(1 for r in records if r.get("truncated")),  # prompts cut to fit the context
                  "fewshot": spec.fewshot, "chat_template": spec.chat_template,
                  "template": template or spec.template},
         "seed": seed,
@@ -117,6 +127,7 @@ def _choice_record(item, prompt: str, scores) -> dict:
         "p_vocab": p_vocab,
         "p_choices": p_choices,
         "confidence": p_choices[pred],
+        "truncated": scores[0].truncated,  # prompt tokens cut from the left to fit the context
     }
 
 
@@ -129,6 +140,7 @@ def _generation_record(item, prompt: str, gen) -> dict:
         "references": refs,
         "output": gen.text,
         "output_logprob": gen.logprob,
+        "truncated": gen.truncated,  # prompt tokens cut from the left to fit the context
         "n_tokens": len(gen.tokens),
         "exact_match": metrics.exact_match(gen.text, refs),
         "token_f1": metrics.token_f1(gen.text, refs),

@@ -12,18 +12,28 @@ is run once and its key/value cache is reused by every batch, in scoring and in 
 
 Tokenisation follows lm-evaluation-harness (`encode(context + continuation)` split at the length of
 `encode(context)`, trailing spaces of the context moved to the continuation), so scores agree with it.
+
+A prompt longer than the model's context is cut from the left, as lm-evaluation-harness does: the end
+of the prompt (the question nearest the answer) and the whole continuation are what is scored, and for
+generation room is kept for `max_new_tokens`. Cutting is never silent: each result says how many
+prompt tokens it lost (`ChoiceScore.truncated`, `Generation.truncated`; `n_truncated` counts the items)
+and every call that cut something logs one warning line naming how many items and to what length.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import logging
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from .errors import TunelensError
+
+log = logging.getLogger(__name__)
+DEFAULT_CONTEXT = 2048  # for a model whose config does not say
 
 
 @dataclass
@@ -32,6 +42,7 @@ class ChoiceScore:
     token_logprobs: list[float]
     tokens: list[int]
     is_greedy: bool  # every token is the argmax of its distribution
+    truncated: int = 0  # prompt tokens cut from the left to fit the model's context (0: the whole prompt)
 
 
 @dataclass
@@ -41,6 +52,7 @@ class Generation:
     logprob: float = 0.0  # summed log-probability of the generated tokens
     stopped_by: str | None = None  # the stop sequence that ended it, None for max_new_tokens/eos
     first_logprobs: list[float] | None = None  # log P(token | prompt) at the first step, for generate's score_ids
+    truncated: int = 0  # prompt tokens cut from the left to fit the model's context (0: the whole prompt)
 
 
 # ---------------------------------------------------------------- tokenisation
@@ -62,6 +74,35 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         eot = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         return [eot], whole
     return ctx, whole[len(ctx) :]
+
+
+# ---------------------------------------------------------------- fitting the model's context
+
+
+def context_length(model) -> int:
+    """The model's context in tokens (config.max_position_embeddings; GPT-2's n_positions maps to it)."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None) or DEFAULT_CONTEXT
+
+
+def fit_left(ids: list[int], room: int) -> tuple[list[int], int]:
+    """(the last `room` tokens of ids, how many were cut off the start): the one place prompts are cut."""
+    cut = max(0, len(ids) - room)
+    return (ids[cut:] if cut else ids), cut
+
+
+def n_truncated(results) -> int:
+    """How many items of a loglikelihood or generate result had their prompt cut to fit the context."""
+    return sum(1 for r in results if (r[0] if isinstance(r, list) else r).truncated)
+
+
+def _warn_truncated(desc: str, kept: list[int], total: int, max_length: int, because: str) -> None:
+    """One warning line for the items of one call whose prompts were cut; `kept` = their new lengths."""
+    if not kept:
+        return
+    lo, hi = min(kept), max(kept)
+    to = f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
+    log.warning(f"tunelens: {desc}: {len(kept)} of {total} prompts do not fit the model's {max_length:,}-token "
+                f"context {because}; cut from the left to their last {to} tokens")
 
 
 # ---------------------------------------------------------------- model plumbing
@@ -106,13 +147,15 @@ class _Row:
     ctx_len: int
     # for each branch: (row positions whose logits predict its tokens, target ids)
     branches: list[tuple[list[int], list[int]]]
+    truncated: int = 0  # context tokens cut from the left to fit max_length
 
 
 def _build_row(req_idx: int, ctx: list[int], conts: list[list[int]], max_length: int) -> _Row:
     longest = max(len(c) for c in conts)
     if longest >= max_length:
         raise TunelensError(f"a continuation of {longest} tokens does not fit the model's context of {max_length}")
-    ctx = ctx[-(max_length - longest + 1) :]  # left-truncate like lm-eval: keep the end of the context
+    # the row holds the context and all but the last token of the longest continuation
+    ctx, cut = fit_left(ctx, max_length - longest + 1)
     tokens, positions, parent = list(ctx), list(range(len(ctx))), [-1] * len(ctx)
     branches = []
     for b, cont in enumerate(conts):
@@ -124,7 +167,7 @@ def _build_row(req_idx: int, ctx: list[int], conts: list[list[int]], max_length:
             positions.append(len(ctx) + j)
             parent.append(b)
         branches.append((pred_pos, list(cont)))
-    return _Row(req_idx, tokens, positions, parent, len(ctx), branches)
+    return _Row(req_idx, tokens, positions, parent, len(ctx), branches, cut)
 
 
 def _row_mask(row: _Row, length: int) -> torch.Tensor:
@@ -269,11 +312,13 @@ def loglikelihood(
 ) -> list[list[ChoiceScore]]:
     """Score each (context, [continuation, ...]) request; returns one ChoiceScore per continuation.
 
-    Results do not depend on batch size or request order (up to float rounding, ~1e-5 in fp32).
+    Results do not depend on batch size or request order (up to float rounding, ~1e-5 in fp32). A context
+    that does not fit `max_length` (default: the model's context) with its longest continuation loses its
+    start; the scores say how many tokens (``truncated``) and one warning line says how many requests.
     """
     if not requests:
         return []
-    max_length = max_length or getattr(model.config, "max_position_embeddings", 2048) or 2048
+    max_length = max_length or context_length(model)
     rows = []
     for i, (context, conts) in enumerate(requests):
         if not conts:
@@ -288,6 +333,8 @@ def loglikelihood(
                 raise TunelensError(f"continuation {c!r} of request {i} is empty after tokenisation")
             cont_ids.append(pcont)
         rows.append(_build_row(i, ctx, cont_ids, max_length))
+    _warn_truncated(desc, [r.ctx_len for r in rows if r.truncated], len(rows), max_length,
+                    "with their continuations (kept whole)")
 
     split = _split_head(model)
     prefix = _shared_prefix(model, rows, split) if share_prefix else None
@@ -301,7 +348,7 @@ def loglikelihood(
                 tgt = torch.tensor(targets)
                 tok_lp = dist.gather(1, tgt[:, None])[:, 0]
                 greedy = bool((dist.argmax(-1) == tgt).all())
-                scores.append(ChoiceScore(float(tok_lp.sum()), tok_lp.tolist(), targets, greedy))
+                scores.append(ChoiceScore(float(tok_lp.sum()), tok_lp.tolist(), targets, greedy, r.truncated))
             results[r.req_idx] = scores
         bar.update(len(batch))
     bar.close()
@@ -309,20 +356,28 @@ def loglikelihood(
 
 
 @torch.inference_mode()
-def loglikelihood_reference(model, tokenizer, requests: list[tuple[str, list[str]]]) -> list[list[ChoiceScore]]:
-    """One forward pass per (context, continuation), no batching, full logits: the slow ground truth."""
+def loglikelihood_reference(model, tokenizer, requests: list[tuple[str, list[str]]],
+                            max_length: int | None = None) -> list[list[ChoiceScore]]:
+    """One forward pass per (context, continuation), no batching, full logits: the slow ground truth.
+
+    A long context is cut as `loglikelihood` cuts it (to fit with the request's longest continuation).
+    """
     device = _device(model)
+    max_length = max_length or context_length(model)
     out = []
     for context, conts in requests:
         scores = []
-        for c in conts:
-            ctx, cont = encode_pair(tokenizer, context, c)
+        pairs = [encode_pair(tokenizer, context, c) for c in conts]
+        longest = max(len(cont) for _, cont in pairs)
+        for ctx, cont in pairs:
+            ctx, cut = fit_left(ctx, max_length - longest + 1)
             ids = torch.tensor([ctx + cont[:-1]], device=device)
             logits = model(input_ids=ids, use_cache=False).logits[0, len(ctx) - 1 :].float()
             lp = torch.log_softmax(logits, -1).cpu()
             tgt = torch.tensor(cont)
             tok_lp = lp.gather(1, tgt[:, None])[:, 0]
-            scores.append(ChoiceScore(float(tok_lp.sum()), tok_lp.tolist(), cont, bool((lp.argmax(-1) == tgt).all())))
+            scores.append(ChoiceScore(float(tok_lp.sum()), tok_lp.tolist(), cont, bool((lp.argmax(-1) == tgt).all()),
+                                      cut))
         out.append(scores)
     return out
 
@@ -367,6 +422,7 @@ def generate(
     desc: str = "generating",
     score_ids: list[int] | None = None,
     share_prefix: bool = True,
+    max_length: int | None = None,
 ) -> list[Generation]:
     """Greedy generation, length-sorted left-padded batches, cut at the first stop sequence.
 
@@ -378,10 +434,21 @@ def generate(
     that prefix is run once and each batch starts from a copy of its key/value cache: a batch is laid out as
     [prefix | left padding | rest of the prompt], and position ids, computed from the attention mask, skip the
     padding, so each prompt is generated as if it were alone.
+
+    A prompt longer than `max_length` (default: the model's context) minus `max_new_tokens` loses its start;
+    ``Generation.truncated`` says how many tokens, and one warning line says how many prompts.
     """
     stop = list(stop or [])
     device = _device(model)
-    encoded = [encode(tokenizer, p) for p in prompts]
+    max_length = max_length or context_length(model)
+    room = max_length - max_new_tokens
+    if room < 1:
+        raise TunelensError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+                            f"{max_length:,}-token context; lower max_new_tokens")
+    fitted = [fit_left(encode(tokenizer, p), room) for p in prompts]
+    encoded, cuts = [e for e, _ in fitted], [c for _, c in fitted]
+    _warn_truncated(desc, [len(e) for e, c in zip(encoded, cuts) if c], len(prompts), max_length,
+                    f"with max_new_tokens={max_new_tokens}")
     prefix = _generation_prefix(model, encoded) if share_prefix else None
     n_prefix = prefix[0] if prefix else 0
     rest = [e[n_prefix:] for e in encoded]
@@ -429,7 +496,8 @@ def generate(
             lp = float(step_lp[r, torch.arange(n), torch.tensor(toks, dtype=torch.long)].sum()) if n else 0.0
             text, which = _cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stop)
             first = step_lp[r, 0, score_ids].tolist() if score_ids else None
-            results[i] = Generation(text=text, tokens=toks, logprob=lp, stopped_by=which, first_logprobs=first)
+            results[i] = Generation(text=text, tokens=toks, logprob=lp, stopped_by=which, first_logprobs=first,
+                                    truncated=cuts[i])
         bar.update(len(idx))
     bar.close()
     return results  # type: ignore[return-value]

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import checks as C
 from .. import metrics as M
 from ..registry import registrar
 
@@ -35,6 +36,11 @@ class AuditContext:
     # settings (a repair sweep re-auditing candidates) and the base model's work is done once; a
     # base_store.BaseStore keeps them on disk for the next audit.
     base_cache: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # every suite slices its items by the limit: a negative one would cut items off the end, a string fail
+        # the suite at run time
+        C.integer(self.limit, "limit", 1, null=True)
 
     def models(self):
         return (("base", self.base), ("tuned", self.tuned))

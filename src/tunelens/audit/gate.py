@@ -31,6 +31,54 @@ def metric_values(ledger: dict) -> dict[str, float | None]:
     return out
 
 
+def validate(expr: str) -> None:
+    """Check a gate's form before anything runs: a comparison (or comparisons joined by and/or) over numbers,
+    arithmetic and names of the form suite.metric.field. Whether the metric exists is known only from a ledger
+    (`check`); everything else is caught here, before models load and suites run."""
+    try:
+        tree = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        raise TunelensError(f"gate '{expr}' does not parse; write e.g. \"safety.refusal_rate.delta >= -0.05\"") from None
+
+    def comparison(node) -> bool:
+        if isinstance(node, ast.BoolOp):
+            return all(comparison(v) for v in node.values)
+        return isinstance(node, ast.Compare) and all(type(op) in _CMP for op in node.ops)
+
+    if not comparison(tree):
+        raise TunelensError(f"gate '{expr}' is not a comparison; write NAME OP VALUE, e.g. "
+                            "\"safety.refusal_rate.delta >= -0.05\"")
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Attribute, ast.Name)):
+            name = _dotted(node)
+            if name is None:
+                raise TunelensError(f"gate '{expr}': only metric names, numbers, arithmetic and comparisons are "
+                                    "allowed")
+            continue
+        if isinstance(node, ast.Constant) and not (isinstance(node.value, (int, float))
+                                                   and not isinstance(node.value, bool)):
+            raise TunelensError(f"gate '{expr}': {node.value!r} is not a number")
+        if not isinstance(node, (ast.Compare, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Load,
+                                 ast.And, ast.Or, ast.USub, ast.UAdd, *_CMP, *_BIN)):
+            raise TunelensError(f"gate '{expr}': only metric names, numbers, arithmetic and comparisons are allowed")
+        if isinstance(node, ast.BinOp) and type(node.op) not in _BIN:
+            raise TunelensError(f"gate '{expr}': only + - * / are allowed")
+    for name in _outer_names(tree):
+        parts = name.split(".")
+        if len(parts) < 3 or parts[-1] not in FIELDS:
+            raise TunelensError(f"gate '{expr}': '{name}' is not a metric name; write suite.metric.field with field "
+                                f"one of {', '.join(FIELDS)} (e.g. safety.refusal_rate.delta)")
+
+
+def _outer_names(node):
+    """The whole dotted names in an expression (a.b.c once, not also a.b and a)."""
+    if isinstance(node, (ast.Attribute, ast.Name)):
+        yield _dotted(node)
+        return
+    for child in ast.iter_child_nodes(node):
+        yield from _outer_names(child)
+
+
 def _dotted(node) -> str | None:
     parts = []
     while isinstance(node, ast.Attribute):

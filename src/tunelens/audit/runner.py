@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
@@ -46,6 +49,46 @@ def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Pat
               "tasks": [s.name for s in ctx.tasks], "seed": ctx.seed, "limit": ctx.limit, "suites": {}}
     out = Path(out) if out else None
     earlier = _earlier_attempt(out, suites) if resume and out else {}
+    aside = _set_aside(out) if out and not resume else None  # an earlier audit here: never mixed with this one
+    try:
+        ledger, gate_error = _run(ctx, suites, out, gates, ledger, earlier)
+    except BaseException:
+        if aside is not None:
+            _put_back(out, aside)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    if gate_error:  # what was measured is written; then the bad gate is reported
+        raise gate_error
+    return ledger
+
+
+_RESULTS = ("items", "ledger.json", "summary.md")
+
+
+def _set_aside(out: Path) -> Path | None:
+    """Move an earlier audit's results out of `out` (one rename each), so that items/ starts empty and no stale
+    items file can be read as part of this audit; removed when this audit is written, put back if it fails."""
+    present = [out / n for n in _RESULTS if (out / n).exists()]
+    if not present:
+        return None
+    aside = Path(tempfile.mkdtemp(dir=out, prefix=".previous-audit-"))
+    for p in present:
+        os.replace(p, aside / p.name)
+    return aside
+
+
+def _put_back(out: Path, aside: Path) -> None:
+    for name in _RESULTS:
+        if (aside / name).exists():
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            os.replace(aside / name, out / name)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _run(ctx: AuditContext, suites: list[str], out: Path | None, gates, ledger: dict,
+         earlier: dict) -> tuple[dict, TunelensError | None]:
     if earlier:
         ledger["reused_suites"] = list(earlier)
     start = time.perf_counter()
@@ -80,9 +123,7 @@ def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Pat
         write_json(out / "ledger.json", ledger)
         with atomic_open(out / "summary.md") as f:
             f.write(summary_markdown(ledger, ctx.cache.get("records", {})))
-    if gate_error:
-        raise gate_error
-    return ledger
+    return ledger, gate_error
 
 
 def _earlier_attempt(out: Path, suites: list[str]) -> dict[str, tuple[dict, list[dict]]]:

@@ -2,8 +2,9 @@
 
 Templates use ``{name}`` placeholders: the task fields (``{question}``, ``{text}``, ``{prompt}``,
 ``{context}``...), any extra column by its own name, ``{choices}`` (comma-joined) and
-``{choices_lettered}`` ("A. x\\nB. y"). ``{{`` and ``}}`` are literal braces; other braces are left
-as they are. Leading and trailing newlines of the rendered instruction are dropped.
+``{choices_lettered}`` ("A. x\\nB. y"). ``{{`` and ``}}`` are literal braces; any other brace is an error
+when the spec is loaded (tasks.check_template), and a placeholder naming no field of the items when they are
+read. Leading and trailing newlines of the rendered instruction are dropped.
 
 For multiple-choice and classification the scored continuations are always the choice *texts*,
 also when the template shows lettered choices.
@@ -19,10 +20,9 @@ from __future__ import annotations
 import re
 
 from ..errors import DataError, ModelError, TunelensError
-from .tasks import Item, TaskSpec
+from .tasks import PLACEHOLDER, Item, TaskSpec
 
 CHOICE_TYPES = ("multiple_choice", "classification")
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(\w+)\}")
 
 
 def instruction(spec: TaskSpec, item: Item, template: str | None = None) -> str:
@@ -30,7 +30,7 @@ def instruction(spec: TaskSpec, item: Item, template: str | None = None) -> str:
     template = template if template is not None else spec.template
     if template is None:
         raise DataError(f"task '{spec.name}' of type {spec.type} has no template", spec.path, field="template")
-    values = {k: _text(v) for k, v in item.fields.items()}
+    values = {k: _text(v) for k, v in item.fields.items()}  # keep in step with tasks.template_names
     values["context"] = item.context or ""
     if item.choices is not None:
         values["choices"] = ", ".join(item.choices)
@@ -46,7 +46,7 @@ def instruction(spec: TaskSpec, item: Item, template: str | None = None) -> str:
 
     # strip the template's own outer newlines, not the values': a value may end in "\n" on purpose
     # (a pre-rendered prompt); the left strip drops what an empty leading {context} leaves behind
-    return _PLACEHOLDER.sub(fill, template.strip("\n")).lstrip("\n")
+    return PLACEHOLDER.sub(fill, template.strip("\n")).lstrip("\n")
 
 
 def answer_text(spec: TaskSpec, item: Item) -> str:

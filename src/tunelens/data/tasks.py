@@ -39,12 +39,13 @@ import json
 import math
 import os
 import random
+import re
+import string
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from ..checks import key_lines, read_yaml
 from ..errors import DataError, suggest
 from .readers import DATA_SUFFIXES, Row, is_hf, read_source
 
@@ -65,6 +66,8 @@ DEFAULT_TEMPLATES = {
     "chat": None,
 }
 BUILTIN_DIR = Path(__file__).parent / "builtin"
+# what the renderer fills in: {{ and }} (literal braces) and {name}; check_template allows nothing else
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(\w+)\}")
 
 
 @dataclass
@@ -142,18 +145,17 @@ def load_task(spec: str | Path | dict | TaskSpec) -> TaskSpec:
 def _load_yaml(path: Path) -> TaskSpec:
     if not path.is_file():
         raise DataError("task file not found", path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e)
-        raise DataError(f"invalid YAML: {problem}", path, mark.line + 1 if mark else None) from None
-    except OSError as e:
-        raise DataError(f"cannot read file: {e}", path) from None
+    raw = read_yaml(path)  # a syntax error names the file and the line
     if not isinstance(raw, dict):
         raise DataError("a task spec must be a YAML mapping of keys to values", path)
     raw.setdefault("name", path.stem)
-    return spec_from_dict(raw, path=path)
+    try:
+        return spec_from_dict(raw, path=path)
+    except DataError as e:  # a bad value of a key: name the key's line too
+        line = key_lines(path).get(e.field) if e.field and e.line is None else None
+        if line is None:
+            raise
+        raise DataError(e.detail, e.path, line, e.field) from None
 
 
 def _spec_for_data_file(path: Path) -> TaskSpec:
@@ -204,6 +206,8 @@ def spec_from_dict(raw: dict, path: str | Path | None = None, base_dir: str | Pa
                    "choice_prefix", "target"):
             if not isinstance(value, str):
                 bad(key, "a string")
+            if key == "template":
+                check_template(value, where)
         elif key == "type":
             if value not in TASK_TYPES:
                 raise DataError(f"'type' must be one of {', '.join(TASK_TYPES)}, got {value!r}"
@@ -228,6 +232,9 @@ def spec_from_dict(raw: dict, path: str | Path | None = None, base_dir: str | Pa
                 value = [value]
             if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
                 bad(key, "a list of strings")
+            if key == "paraphrases":
+                for i, p in enumerate(value):
+                    check_template(p, where, key, f"paraphrase {i}: ")
         elif key == "labels":
             if not isinstance(value, list) or len(value) < 2 or not all(isinstance(x, (str, int)) for x in value):
                 bad(key, "a list of at least 2 labels")
@@ -265,6 +272,58 @@ def spec_from_dict(raw: dict, path: str | Path | None = None, base_dir: str | Pa
     return TaskSpec(**kw, base_dir=Path(base_dir), path=str(path) if path is not None else None)
 
 
+def check_template(template: str, where, key: str = "template", what: str = "") -> list[str]:
+    """The placeholder names of a template. Only plain ``{field}`` placeholders and ``{{``/``}}`` are allowed:
+    anything else (``{text``, ``{0}``, ``{text!r}``, ``{a.b}``) would reach the model verbatim, so it is a
+    DataError naming the spec and the key."""
+    def fail(problem) -> DataError:
+        return DataError(f"{what}{problem}; only plain {{field}} placeholders are allowed (write {{{{ and }}}} for "
+                         "literal braces)", where, field=key)
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise fail("a '}' with no '{' before it" if "Single '}'" in str(e) else "a '{' that is never closed") from None
+    names = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if conversion or spec or not re.fullmatch(r"\w+", name):
+            raise fail(f"malformed placeholder {shown}")
+        if name.isdigit():
+            raise fail(f"positional placeholder {shown} (name a field)")
+        names.append(name)
+    rest = PLACEHOLDER.sub("", template)  # what Formatter accepts but the renderer would not fill: "{text:}"
+    if "{" in rest or "}" in rest:
+        bad = re.search(r"\{[^{}]*\}?|\}", rest).group(0)
+        raise fail(f"malformed placeholder {bad}")
+    return names
+
+
+def template_names(item: Item) -> set[str]:
+    """The placeholders a template can use for this item: what render.instruction fills in."""
+    return set(item.fields) | {"context"} | ({"choices", "choices_lettered"} if item.choices is not None else set())
+
+
+def _check_placeholders(spec: TaskSpec, items: list[Item]) -> None:
+    """Every placeholder of the template and the paraphrases names a field of every item: reported when the
+    items are read, before a model is asked for anything."""
+    where = spec.path or spec.name
+    templates = [("template", "", spec.template)] + [("paraphrases", f"paraphrase {i}: ", p)
+                                                    for i, p in enumerate(spec.paraphrases)]
+    needed = [(key, what, check_template(t, where, key, what)) for key, what, t in templates if t is not None]
+    for item in items:
+        if item.messages is not None:  # chat items are their own prompt
+            continue
+        have = template_names(item)
+        for key, what, names in needed:
+            missing = [n for n in names if n not in have]
+            if missing:
+                raise DataError(f"{what}template placeholder {{{missing[0]}}} is not a field of the item at "
+                                f"{item.source} (available: {', '.join(sorted(have))})", where, field=key)
+
+
 def _source(value):
     return [str(v) for v in value] if isinstance(value, list) else str(value)
 
@@ -292,6 +351,7 @@ def load_items(spec: str | Path | dict | TaskSpec, split: str) -> list[Item]:
             raise DataError(f"duplicate id '{item.id}' (also at {seen[item.id]})", row.path, row.line,
                             spec.column("id"))
         seen[item.id] = item.source
+    _check_placeholders(spec, items)
     return items
 
 

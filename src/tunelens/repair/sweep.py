@@ -18,8 +18,10 @@ import sys
 import traceback
 from pathlib import Path
 
+from .. import checks as C
 from ..audit import gate as G
-from ..errors import TunelensError
+from ..checks import BadSetting
+from ..errors import TunelensError, suggest
 from ..io import atomic_open, write_json
 
 SCHEMA = "tunelens.sweep/1"
@@ -109,10 +111,7 @@ def check_select(expr: str, values: dict, refs: dict[str, dict]) -> bool:
     """A select expression, gate-style (no eval): metric names, numbers, + - * /, comparisons, and/or.
     `base` / `tuned` stand for the reference rows' value of the metric their comparison names;
     `base.METRIC` / `tuned.METRIC` name it explicitly."""
-    try:
-        tree = ast.parse(expr, mode="eval").body
-    except SyntaxError:
-        raise TunelensError(f"select '{expr}' does not parse; write e.g. \"task.accuracy >= 0.9*tuned\"") from None
+    tree = _parse_select(expr)
 
     def metrics_in(node) -> set[str]:
         found = set()
@@ -171,6 +170,25 @@ def check_select(expr: str, values: dict, refs: dict[str, dict]) -> bool:
     return result
 
 
+def _parse_select(expr: str):
+    try:
+        return ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        raise TunelensError(f"select '{expr}' does not parse; write e.g. \"task.accuracy >= 0.9*tuned\"") from None
+
+
+def validate_select(expr) -> None:
+    """A select expression's type and form (comparisons joined by and/or), before any model loads: what its names
+    mean is known only from the audits (check_select), and a typo found after them wastes them."""
+    def constraint(node) -> bool:
+        if isinstance(node, ast.BoolOp):
+            return all(constraint(v) for v in node.values)
+        return isinstance(node, ast.Compare)
+
+    if not constraint(_parse_select(C.text(expr, "select"))):
+        raise TunelensError(f"select '{expr}' is not a comparison (e.g. \"task.accuracy >= 0.9*tuned\")")
+
+
 def best(rows: list[dict], axes: list[str]) -> dict | None:
     """Highest safety refusal rate, then task score, then lowest over-refusal rate, then name."""
     def v(r, prefix, sign):
@@ -182,6 +200,66 @@ def best(rows: list[dict], axes: list[str]) -> dict | None:
         return None
     return sorted(rows, key=lambda r: (-v(r, "safety.", 1), -v(r, "task.", 1), -v(r, "over_refusal.", -1),
                                        r["name"]))[0]
+
+
+# ------------------------------------------------------------------------------------------------ the sweep file
+
+SWEEP_KEYS = ("candidates", "suites", "tasks", "limit", "base", "tuned", "select", "out")
+
+
+def load_sweep_file(path: str | Path) -> dict:
+    """The `tunelens repair --sweep` YAML, every key and value checked before any model loads. An unknown key
+    is an error with the closest valid one (a typo `limt: 2` would otherwise audit every item); a syntax error
+    or a bad value names the file and the key's line. Returns the file's mapping as written."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunelensError(f"no such sweep file: {path}")
+    raw = C.read_yaml(path)
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise TunelensError(f"{path}: expected a mapping with candidates, suites, tasks, limit")
+    where, lines = f"{path}: ", C.key_lines(path)
+    for key in raw:
+        if key not in SWEEP_KEYS:
+            raise TunelensError(f"{C.at_line(where, lines.get(str(key)))}unknown key '{key}'"
+                                + suggest(key, SWEEP_KEYS, f"; valid keys: {', '.join(SWEEP_KEYS)}"))
+    try:
+        for key in ("base", "tuned", "out"):
+            C.text(raw.get(key), key, null=True)
+        check_sweep(raw.get("candidates"), suites=raw.get("suites"), tasks=raw.get("tasks"), limit=raw.get("limit"),
+                    select=raw.get("select"))
+    except BadSetting as e:
+        raise e.located(where, lines) from None
+    except TunelensError as e:
+        raise TunelensError(f"{where}{e}") from None
+    return raw
+
+
+def check_sweep(candidates, *, suites, tasks, limit, select=None) -> None:
+    """A sweep's settings (from the file or a caller), checked before any model loads: candidates with known
+    methods and options, known suites, a limit >= 1, a select of the right form."""
+    from ..audit import SUITES
+    from .core import make_options
+
+    if not candidates:
+        raise BadSetting("candidates", "the sweep has no candidates: give a list of {method: NAME, option: value, "
+                                       "...}")
+    example = "[{method: interpolate, alpha: 0.5}]"
+    for i, c in enumerate(C.mappings(candidates, "candidates", example=example)):
+        if "method" not in c:
+            raise BadSetting("candidates", f"candidates[{i}] must have a 'method' key, e.g. {example}")
+        try:
+            make_options(c["method"], {k: v for k, v in c.items() if k not in ("method", "name")})
+        except TunelensError as e:
+            raise BadSetting("candidates", f"candidates[{i}]: {e}") from None
+    for suite in C.strings(suites, "suites", null=True, example="suites: [task, safety]") or []:
+        if suite not in SUITES:
+            raise BadSetting("suites", f"unknown audit suite '{suite}'"
+                             + suggest(suite, SUITES, f"; suites: {', '.join(SUITES)}"))
+    C.strings(tasks, "tasks", null=True, example="tasks: [tasks/mine.yaml]")
+    C.integer(limit, "limit", 1, null=True)
+    if select is not None:
+        validate_select(select)
 
 
 # ------------------------------------------------------------------------------------------------ the sweep
@@ -213,15 +291,10 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
     from ..audit.base_store import BaseStore, store_dir
     from ..data import load_task
     from ..models import resolve_model
-    from .core import make_options, repair
+    from .core import repair
 
     out = Path(out)
-    if not candidates:
-        raise TunelensError("the sweep has no candidates: give a list of {method: NAME, option: value, ...}")
-    for c in candidates:
-        if not isinstance(c, dict) or "method" not in c:
-            raise TunelensError(f"sweep candidate {c!r}: each candidate is a mapping with a 'method' key")
-        make_options(c["method"], {k: v for k, v in c.items() if k not in ("method", "name")})  # fail early
+    check_sweep(candidates, suites=suites, tasks=tasks, limit=limit, select=select)  # fail before models load
     specs = [load_task(t) for t in tasks]
     base_handle = resolve_model(base)
     memo: dict = {}

@@ -54,7 +54,9 @@ def load_run(path) -> RunData:
                             "or an audit folder (with ledger.json)")
     if (root / "run.json").exists():
         data = RunData(root, "run")
-        data.run = _json(root / "run.json", data) or {}
+        data.run = _required_json(root / "run.json")
+        if not isinstance(data.run.get("stages", {}), dict):
+            raise TunelensError(f"{root / 'run.json'}: 'stages' is not a mapping; not a `tunelens run` state file")
         for name in STAGES:
             data.stages[name] = _stage(root, name, (data.run.get("stages") or {}).get(name))
     elif (root / "ledger.json").exists():
@@ -120,14 +122,18 @@ class _Readers:
 
     @staticmethod
     def audit(data: RunData, d: Path) -> None:
-        data.ledger = json.loads((d / "ledger.json").read_text(encoding="utf-8"))
-        items = d / "items"
-        if items.is_dir():
-            for f in sorted(items.glob("*.jsonl")):
-                try:
-                    data.records[f.stem] = _jsonl(f)
-                except (OSError, ValueError) as e:
-                    data.problems.append(f"could not read {_rel(data.root, f)}: {e}")
+        data.ledger = _required_json(d / "ledger.json")
+        if not isinstance(data.ledger.get("suites"), dict):
+            raise TunelensError(f"{d / 'ledger.json'}: no 'suites' mapping; not a `tunelens audit` ledger")
+        # only the items of suites this ledger holds as ok: a stray items file is never shown as current
+        for suite, block in data.ledger["suites"].items():
+            f = d / "items" / f"{suite}.jsonl"
+            if not isinstance(block, dict) or block.get("status") != "ok" or not f.is_file():
+                continue
+            try:
+                data.records[suite] = _jsonl(f)
+            except (OSError, ValueError) as e:
+                data.problems.append(f"could not read {_rel(data.root, f)}: {e}")
 
     @staticmethod
     def diff(data: RunData, d: Path) -> None:
@@ -158,6 +164,20 @@ def read_heatmap_csv(path: Path) -> dict:
         layers.append(r[0])
         values.append([float(v) if v.strip() else None for v in r[1:len(modules) + 1]])
     return {"layers": layers, "modules": modules, "values": values}
+
+
+def _required_json(path: Path) -> dict:
+    """A file the report cannot do without: malformed is an error naming the file and the position."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TunelensError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); was it cut "
+                            "short? Rerun the command that wrote it") from None
+    except UnicodeDecodeError as e:
+        raise TunelensError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if not isinstance(obj, dict):
+        raise TunelensError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
 
 
 def _json(path: Path, data: RunData):

@@ -9,8 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from .. import checks as C
+from ..checks import BadSetting
 from ..errors import TunelensError, suggest
 
 STAGES = ("tune", "audit", "diff", "graft", "repair", "report")
@@ -32,6 +32,11 @@ class AuditSection:
     def __post_init__(self):
         from ..audit.base_store import store_dir
 
+        self.suites = C.strings(self.suites, "suites", example="suites: [task, safety]")
+        self.tasks = C.strings(self.tasks, "tasks", example="tasks: [tasks/mine.yaml]")
+        C.integer(self.limit, "limit", 1, null=True)
+        self.gate = C.strings(self.gate, "gate", example='gate: ["safety.refusal_rate.delta >= -0.05"]')
+        C.integer(self.seed, "seed", 0)
         store_dir(self.base_cache)  # raises on a value that is neither a flag nor a folder
 
 
@@ -39,6 +44,10 @@ class AuditSection:
 class DiffSection:
     rank: bool = True
     rank_max_dim: int | None = None
+
+    def __post_init__(self):
+        C.flag(self.rank, "rank")
+        C.integer(self.rank_max_dim, "rank_max_dim", 1, null=True)
 
 
 @dataclass
@@ -54,6 +63,21 @@ class GraftSection:
     include_embeddings: bool = False
     seed: int = 0
 
+    def __post_init__(self):
+        C.text(self.task, "task", null=True)
+        if not isinstance(self.sparsities, list) or not self.sparsities:
+            raise BadSetting("sparsities", f"sparsities must be a non-empty list of fractions in (0, 1], e.g. "
+                                           f"[0.001, 0.01], got {C.got(self.sparsities)}")
+        for s in self.sparsities:
+            C.number(s, "sparsities", above=0, at_most=1)
+        C.integer(self.steps, "steps", 0)
+        C.number(self.lr, "lr", above=0)
+        for name in ("examples", "batch_size", "select_limit"):
+            C.integer(getattr(self, name), name, 1)
+        C.integer(self.eval_limit, "eval_limit", 1, null=True)
+        C.flag(self.include_embeddings, "include_embeddings")
+        C.integer(self.seed, "seed", 0)
+
 
 @dataclass
 class RepairSection:
@@ -63,6 +87,16 @@ class RepairSection:
     tasks: list[str] | None = None  # default: the audit's
     limit: int | None = None  # default: the audit's
     select: str | None = None  # e.g. "task.accuracy >= 0.9*tuned"
+
+    def __post_init__(self):
+        C.mappings(self.candidates, "candidates", example="[{method: interpolate, alpha: 0.5}]")
+        self.suites = C.strings(self.suites, "suites", null=True, example="suites: [task, safety]")
+        self.tasks = C.strings(self.tasks, "tasks", null=True, example="tasks: [tasks/mine.yaml]")
+        C.integer(self.limit, "limit", 1, null=True)
+        if self.select is not None:
+            from ..repair.sweep import validate_select
+
+            validate_select(self.select)
 
 
 @dataclass
@@ -110,7 +144,7 @@ def _unknown(key, valid, where: str) -> TunelensError:
                                                                  cutoff=0.5))
 
 
-def _section(cls, raw, name: str, where: str):
+def _section(cls, raw, name: str, where: str, lines: dict):
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
@@ -121,6 +155,8 @@ def _section(cls, raw, name: str, where: str):
             raise _unknown(f"{name}.{key}", [f"{name}.{v}" for v in valid], where)
     try:
         return cls(**raw)
+    except BadSetting as e:
+        raise e.located(where, lines, name) from None
     except (TypeError, TunelensError) as e:
         raise TunelensError(f"{where}section '{name}': {e}") from None
 
@@ -142,7 +178,7 @@ def _stages(raw, where: str) -> list[str]:
     return [s for s in STAGES if s in raw]
 
 
-def _check_tune(raw, where: str) -> dict:
+def _check_tune(raw, where: str, lines: dict) -> dict:
     from ..tune.config import KEYS, TuneConfig
 
     if raw is None:
@@ -158,10 +194,10 @@ def _check_tune(raw, where: str) -> dict:
                                        "remove it"))
             raise _unknown(f"tune.{key}", [f"tune.{v}" for v in valid], where)
     try:
-        TuneConfig(**raw)  # its own checks: method, fractions, data present
-    except TypeError as e:
-        raise TunelensError(f"{where}section 'tune': {e}") from None
-    except TunelensError as e:
+        TuneConfig(**raw)  # its own checks: every value's type and range, method, data present
+    except BadSetting as e:
+        raise e.located(where, lines, "tune") from None
+    except (TypeError, TunelensError) as e:
         raise TunelensError(f"{where}section 'tune': {e}") from None
     return dict(raw)
 
@@ -204,7 +240,9 @@ def _default_name(method: str, options: dict) -> str:
     return "-".join([method] + [f"{k}{v}" for k, v in sorted(opts.items()) if not isinstance(v, (dict, list))])
 
 
-def parse_config(raw: dict, where: str = "") -> RunConfig:
+def parse_config(raw: dict, where: str = "", lines: dict | None = None) -> RunConfig:
+    """`where`: the message prefix naming the file ("run.yaml: "); `lines`: its keys' lines (checks.key_lines)."""
+    lines = lines or {}
     if not isinstance(raw, dict):
         raise TunelensError(f"{where}expected a mapping of settings")
     valid = [f.name for f in dataclasses.fields(RunConfig)]
@@ -215,15 +253,15 @@ def parse_config(raw: dict, where: str = "") -> RunConfig:
         model=str(raw.get("model") or "default"),
         tuned=None if raw.get("tuned") is None else str(raw["tuned"]),
         stages=_stages(raw.get("stages", list(STAGES)), where),
-        **{name: _section(cls, raw.get(name), name, where) for name, cls in SECTIONS.items()},
+        **{name: _section(cls, raw.get(name), name, where, lines) for name, cls in SECTIONS.items()},
     )
     if "tune" in cfg.stages:
         if cfg.tuned:
             raise TunelensError(f"{where}'tuned: {cfg.tuned}' names an existing model but the tune stage is "
                                 "enabled; remove 'tuned' or disable the tune stage (stages: {tune: false})")
-        cfg.tune = _check_tune(raw.get("tune"), where)
+        cfg.tune = _check_tune(raw.get("tune"), where, lines)
     else:
-        cfg.tune = _check_tune(raw.get("tune"), where) if raw.get("tune") else {}
+        cfg.tune = _check_tune(raw.get("tune"), where, lines) if raw.get("tune") else {}
         if not cfg.tuned and any(s in cfg.stages for s in ("audit", "diff", "graft", "repair")):
             raise TunelensError(f"{where}the tune stage is disabled: name the tuned model with 'tuned: PATH'")
     _check_candidates(cfg.repair, where)
@@ -239,8 +277,5 @@ def load_run_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise TunelensError(f"no such run config: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise TunelensError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
-    return parse_config(raw, f"{path}: ")
+    raw = C.read_yaml(path) or {}  # a syntax error names the file and the line
+    return parse_config(raw, f"{path}: ", C.key_lines(path))

@@ -136,6 +136,13 @@ def run_pipeline(cfg: RunConfig, run_dir, *, config_path: str | None = None, fro
             raise TunelensError(f"{flag} {st}: " + (f"not a stage; stages: {', '.join(STAGES)}" if st not in STAGES
                                                      else "that stage is disabled in the config"))
     _preflight(cfg)
+    from ..outdir import claim
+
+    with claim(run_dir, "run"):  # a run folder, ours alone while we run (not a tune's or an audit's folder)
+        return _run_claimed(cfg, run_dir, config_path, from_stage, only, display)
+
+
+def _run_claimed(cfg: RunConfig, run_dir, config_path, from_stage, only, display) -> RunResult:
     run = Run(cfg, run_dir, config_path, display)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     if only and only != "report":
@@ -170,11 +177,16 @@ def _preflight(cfg: RunConfig) -> None:
             raise TunelensError(f"unknown audit suite '{suite}'" + (f"; did you mean '{hint[0]}'?" if hint else
                                                                     f"; suites: {', '.join(SUITES)}"))
     for g in cfg.audit.gate:
-        try:
-            G.check(g, {})
-        except TunelensError as e:
-            if "unknown metric" not in str(e):
-                raise
+        G.validate(g)
+    from ..data import load_items, load_task
+
+    try:
+        tasks = cfg.audit_tasks()
+    except TunelensError:
+        tasks = []  # reported by the stage that needs them
+    for t in tasks:  # bad rows and template fields, before minutes of tuning
+        spec = load_task(t)
+        load_items(spec, spec.eval_split)
 
 
 def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> None:
@@ -216,6 +228,10 @@ def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> Non
     if folder.exists() and not retry and (forced or stage != "tune"):
         shutil.rmtree(folder)  # a stopped attempt: start it again (the tune resumes from its checkpoint)
     folder.mkdir(parents=True, exist_ok=True)
+    from ..outdir import MARKER
+
+    if not (folder / MARKER).is_file():  # what the folder is, for the commands that check (the tune's claim)
+        write_json(folder / MARKER, {"kind": stage, "created": _now()})
     run.mark(stage, status="pending", dir=rel, note=f"running since {_now()}", error=None, cached=False)
     ctx = S.StageContext(cfg=cfg, run_dir=run.run_dir, out=folder, base=cfg.model, tuned=run.tuned(),
                          dirs={s: run.folder(s) for s in run.hashes}, step=disp.step, retry=retry)

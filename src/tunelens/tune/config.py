@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from .. import checks as C
+from ..checks import BadSetting
 from ..errors import TunelensError, suggest
 
 METHODS = ("lora", "full", "prompt-tuning", "ia3")
@@ -54,27 +54,50 @@ class TuneConfig:
     progress: bool = True
 
     def __post_init__(self):
+        self._check_values()
         if self.method not in METHODS:
             raise TunelensError(f"unknown tuning method '{self.method}'"
                                 + suggest(self.method, METHODS, f"; choose one of {', '.join(METHODS)}"))
-        for name in ("replay", "safety_mix"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                raise TunelensError(f"{name} must be a fraction in [0, 1), got {v}")
         if self.replay + self.safety_mix >= 1.0:
             raise TunelensError("replay + safety_mix must leave room for the task data (sum < 1)")
+        from transformers.trainer_utils import SchedulerType
         from transformers.training_args import OptimizerNames
 
         optims = [o.value for o in OptimizerNames]
         if self.optim not in optims:
             raise TunelensError(f"unknown optimizer '{self.optim}'"
                                 + suggest(self.optim, optims, "; e.g. adamw_torch, sgd, adafactor"))
-        if isinstance(self.data, str):
-            self.data = [self.data]
-        if isinstance(self.report_to, str):
-            self.report_to = [self.report_to]
+        schedulers = [s.value for s in SchedulerType]
+        if self.lr_scheduler not in schedulers:
+            raise BadSetting("lr_scheduler", f"unknown lr_scheduler '{self.lr_scheduler}'"
+                             + suggest(self.lr_scheduler, schedulers, f"; one of {', '.join(schedulers)}"))
         if not self.data and not self.mix:
             raise TunelensError("no training data: pass --data TASK or --mix TASK:WEIGHT")
+
+    def _check_values(self):
+        """Every setting's type and range, before anything loads: a YAML or flag value that would fail deep
+        inside training, or silently do something else (max_steps -3 trains a whole epoch), is named here."""
+        for name in ("data", "mix", "report_to"):  # one string is a list of one; null is none
+            value = getattr(self, name)
+            setattr(self, name, C.strings([value] if isinstance(value, str) else value or [], name))
+        if not isinstance(self.target_modules, str):
+            C.strings(self.target_modules, "target_modules", example='"all-linear" or [q_proj, v_proj]')
+        for name in ("model", "split", "out", "method", "optim", "lr_scheduler"):
+            C.text(getattr(self, name), name)
+        for name in ("lora_r", "num_virtual_tokens", "batch_size", "grad_accum", "max_length", "save_steps",
+                     "save_total_limit", "logging_steps"):
+            C.integer(getattr(self, name), name, 1)
+        C.integer(self.max_examples, "max_examples", 1, null=True)
+        C.integer(self.max_steps, "max_steps", 1, also=(-1,), what="-1 (train by epochs) or an integer >= 1")
+        C.integer(self.seed, "seed", 0)
+        for name in ("lora_alpha", "epochs"):
+            C.number(getattr(self, name), name, above=0)
+        C.number(self.learning_rate, "learning_rate", above=0, null=True)
+        C.number(self.weight_decay, "weight_decay", at_least=0)
+        for name in ("lora_dropout", "warmup_ratio", "replay", "safety_mix"):
+            C.number(getattr(self, name), name, at_least=0, below=1)
+        for name in ("packing", "resume", "overwrite", "progress"):
+            C.flag(getattr(self, name), name)
 
     @property
     def lr(self) -> float:
@@ -90,24 +113,29 @@ KEYS = tuple(f.name for f in dataclasses.fields(TuneConfig))
 
 
 def load_config(path: str | Path | None = None, **overrides) -> TuneConfig:
-    """Config from YAML (if given) with CLI overrides on top; unknown keys are errors with a suggestion."""
+    """Config from YAML (if given) with CLI overrides on top; unknown keys are errors with a suggestion, and a
+    bad value read from the file names the file and the key's line."""
     raw: dict = {}
+    where, lines = "", {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise TunelensError(f"no such config file: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise TunelensError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        raw = C.read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise TunelensError(f"{path}: expected a mapping of settings")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+        where, lines = f"{path}: ", C.key_lines(path)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    from_file = set(raw) - set(overrides)
+    raw.update(overrides)
     for key in raw:
         if key not in KEYS:
-            where = f"{path}: " if path else ""
-            raise TunelensError(f"{where}unknown setting '{key}'" + suggest(key, KEYS))
+            raise TunelensError(f"{where if key in from_file else ''}unknown setting '{key}'" + suggest(key, KEYS))
     try:
         return TuneConfig(**raw)
+    except BadSetting as e:
+        if e.key not in from_file:
+            raise
+        raise e.located(where, lines) from None
     except TypeError as e:
         raise TunelensError(f"bad tuning config: {e}") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -159,18 +160,24 @@ def _peft_config(cfg: TuneConfig):
 _NOT_THE_RUN = ("resume", "overwrite", "progress", "out")  # settings that do not change what is trained
 
 
-def _prepare_out(cfg: TuneConfig, out: Path, files: dict[str, str]) -> None:
-    """Refuse to mix two different runs in one folder (a different config, or changed data on resume)."""
+def _prepare_out(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path | None:
+    """Refuse to mix two different runs in one folder (a different config, or changed data on resume).
+
+    With --overwrite the earlier run is not deleted but moved aside (returned): the caller deletes it once the new
+    run has saved its model, and puts it back if the new run fails, so a bad setting never costs the old run."""
     run_json = out / "run.json"
     if not run_json.exists():
-        return
-    run = json.loads(run_json.read_text())
+        return None
+    try:
+        run = json.loads(run_json.read_text())
+    except ValueError as e:
+        raise TunelensError(f"{run_json}: not valid JSON (line {e.lineno}, column {e.colno}); it is not a tuning "
+                            "run tunelens can resume or replace: choose another --out") from None
     previous = run.get("config", {})
     same = {k: v for k, v in previous.items() if k not in _NOT_THE_RUN} == \
            {k: v for k, v in cfg.to_dict().items() if k not in _NOT_THE_RUN}
     if cfg.overwrite:
-        if _rank() == 0:
-            shutil.rmtree(out)
+        return _move_aside(out) if _rank() == 0 else None
     elif not same:
         raise TunelensError(f"{out} already holds a different tuning run; choose another --out or pass --overwrite")
     elif not cfg.resume and (out / MODEL_DIR).exists():
@@ -178,6 +185,30 @@ def _prepare_out(cfg: TuneConfig, out: Path, files: dict[str, str]) -> None:
     elif cfg.resume and run.get("data_files") and run["data_files"] != files:
         raise TunelensError(f"the training data changed since {out} was started; cannot resume "
                             "(pass --overwrite to start again)")
+    return None
+
+
+_KEEP = (".tunelens-out.json", ".tunelens.lock")  # the folder's marker and lock stay with the folder
+
+
+def _move_aside(out: Path) -> Path:
+    import tempfile
+
+    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.replaced-"))
+    for p in out.iterdir():
+        if p.name not in _KEEP:
+            os.replace(p, aside / p.name)
+    return aside
+
+
+def _restore(out: Path, aside: Path) -> None:
+    """The new run failed: remove what it wrote and put the earlier run back."""
+    for p in out.iterdir():
+        if p.name not in _KEEP:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    for p in aside.iterdir():
+        os.replace(p, out / p.name)
+    aside.rmdir()
 
 
 def _versions() -> dict[str, str]:
@@ -193,16 +224,39 @@ def _versions() -> dict[str, str]:
 
 
 def tune(cfg: TuneConfig) -> Path:
-    """Run the recipe; returns the folder holding the final adapter or model (`<out>/model`)."""
+    """Run the recipe; returns the folder holding the final adapter or model (`<out>/model`).
+
+    The output folder is claimed first (a tuning run's folder or a new one, writable, no other writer); with
+    --overwrite the earlier run is restored if this one fails."""
+    from ..outdir import claim
+
+    from ..data import load_items
+
+    out = Path(cfg.out)
+    tasks = list(cfg.data) + [t for t, _ in parse_mix(cfg.mix)]
+    files = data_files(tasks)
+    for t in tasks:  # a bad row or template field is named now, not after the model has loaded
+        load_items(t, cfg.split)
+    with claim(out, "tune"):
+        aside = _prepare_out(cfg, out, files)
+        try:
+            final = _tune(cfg, out, files)
+        except BaseException:
+            if aside is not None:
+                _restore(out, aside)
+                print(f"tunelens: the new run failed; the earlier run in {out} is restored", file=sys.stderr)
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        return final
+
+
+def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
     from datasets import Dataset
     from peft import get_peft_model
 
     from ..models import resolve_model
 
-    out = Path(cfg.out)
-    tasks = list(cfg.data) + [t for t, _ in parse_mix(cfg.mix)]
-    files = data_files(tasks)
-    _prepare_out(cfg, out, files)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
