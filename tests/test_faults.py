@@ -252,3 +252,29 @@ def test_gate_is_checked_before_models_load(tmp_path, task_file, gate, words):
     r = run("audit", "--base", tmp_path / "no-such-model", "--tuned", tmp_path / "no-such-model", "--task",
             task_file, "--gate", gate, "--out", tmp_path / "a")
     one_error_line(r, *words)
+
+
+def test_missing_adapter_base_says_where_the_name_comes_from(tiny_adapter_dir, tmp_path, task_file):
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter_dir, adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(tmp_path / "moved-away")
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    one_error_line(run("eval", "--model", adapter, "--task", task_file, "--out", tmp_path / "e"),
+                   str(adapter / "adapter_config.json"), "base_model_name_or_path", "--base")
+
+
+def test_model_without_tokenizer_suggests_no_flag_that_does_not_exist(tiny_model_dir, tmp_path):
+    import shutil
+
+    from tunelens.models import resolve_model
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / f, bare / f)
+    with pytest.raises(TunelensError, match="no tokenizer files") as e:
+        resolve_model(str(bare))
+    assert "--tokenizer" not in str(e.value) and "copy those files from its base model" in str(e.value)

@@ -229,7 +229,8 @@ def test_adapter_with_explicit_base(tiny_model_dir, tiny_adapter_dir, tmp_path):
     cfg = json.loads((folder / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = str(tmp_path / "gone" / "base")
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
-    assert model_error(resolve_model, folder).startswith("no such model path:")
+    msg = model_error(resolve_model, folder)  # says where the missing name came from, and what to do
+    assert "no such model path:" in msg and "adapter_config.json (base_model_name_or_path)" in msg and "--base" in msg
     other_base = copy_model(tiny_model_dir, tmp_path / "other_base")
     h = resolve_model(folder, base=str(other_base))
     assert h.base == str(other_base) and h.kind == "peft_adapter"

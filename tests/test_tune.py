@@ -581,3 +581,22 @@ def test_torchrun_checkpoints_hold_every_rank(torchrun_run):
         names = {p.name for p in ck.iterdir()}
         assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt", "trainer_state.json"} <= names, names
     assert not [p.name for p in out.iterdir() if p.name.startswith(".staging")]
+
+
+def test_resume_passes_over_a_damaged_checkpoint_and_names_it(tiny_model_dir, task, tmp_path, capsys):
+    """A damaged newest checkpoint (here: garbage in optimizer.pt) used to end --resume in 60 lines of
+    traceback. It is named and passed over for the one before (resuming is exact, so the result is the same
+    run); when every checkpoint is damaged, one line says so. Nothing is unpickled to find out."""
+    out = tmp_path / "out"
+    tune(tiny_cfg(tiny_model_dir, task, out, max_steps=4, save_steps=2, save_total_limit=3))
+    shutil.rmtree(out / "model")  # as if killed after its last checkpoint
+    (out / "checkpoints" / "checkpoint-4" / "optimizer.pt").write_bytes(b"garbage")
+    tune(tiny_cfg(tiny_model_dir, task, out, max_steps=4, save_steps=2, save_total_limit=3, resume=True))
+    err = capsys.readouterr().err
+    assert "checkpoint-4 is damaged (optimizer.pt is not a torch archive)" in err and "resuming from checkpoint-2" in err
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4] and (out / "model").is_dir()
+    shutil.rmtree(out / "model")
+    for c in (out / "checkpoints").iterdir():
+        (c / "scheduler.pt").write_bytes(b"")
+    with pytest.raises(TunelensError, match=r"cannot resume: .*checkpoint-4 is damaged .*checkpoint-2 is damaged"):
+        tune(tiny_cfg(tiny_model_dir, task, out, max_steps=4, save_steps=2, save_total_limit=3, resume=True))

@@ -620,8 +620,8 @@ def _load_tokenizer_folder(folder: Path, opts: _Opts, *, model_folder: bool = Fa
     if not _has_tokenizer(folder):
         what = "model folder" if model_folder else "folder"
         raise ModelError(
-            f"{what} {folder} has no tokenizer files (tokenizer.json / tokenizer_config.json); save the tokenizer "
-            f"with the model (tokenizer.save_pretrained) or pass a tokenizer (--tokenizer)"
+            f"{what} {folder} has no tokenizer files (tokenizer.json / tokenizer_config.json): save the tokenizer "
+            f"with the model (tokenizer.save_pretrained(folder)), or copy those files from its base model's folder"
         )
     try:
         with _quiet():
@@ -675,15 +675,21 @@ def _load_adapter(spec, folder: Path, opts: _Opts, *, base, tokenizer, merge: bo
     _check_weights(folder, opts.allow_pickle, stem="adapter_model")
 
     own_tok = want_tok and not tokenizer and _has_tokenizer(folder)
-    base_handle = _resolve(
-        base_spec,
-        opts,
-        base=None,
-        tokenizer=tokenizer,
-        merge=True,
-        depth=depth + 1,
-        want_tok=want_tok and not own_tok,
-    )
+    try:
+        base_handle = _resolve(
+            base_spec,
+            opts,
+            base=None,
+            tokenizer=tokenizer,
+            merge=True,
+            depth=depth + 1,
+            want_tok=want_tok and not own_tok,
+        )
+    except ModelError as e:
+        if base is not None:
+            raise
+        raise ModelError(f"the base model '{base_spec}' named in {folder / 'adapter_config.json'} "
+                         f"(base_model_name_or_path) cannot be loaded: {e}; pass the base model with --base") from None
     tok = _load_tokenizer_folder(folder, opts) if own_tok else base_handle.tokenizer
 
     from peft import PeftModel

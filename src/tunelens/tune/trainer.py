@@ -107,9 +107,51 @@ def _rotate(root: Path, limit: int | None) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def last_checkpoint(out: Path) -> Path | None:
+def last_checkpoint(out: Path, check: bool = False) -> Path | None:
+    """The newest checkpoint; with `check`, the newest intact one (a damaged one is named and passed over: the
+    one before resumes to the same result, since resuming is exact)."""
     ckpts = sorted((out / CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return ckpts[-1] if ckpts else None
+    if not check:
+        return ckpts[-1] if ckpts else None
+    damaged = []
+    for ckpt in reversed(ckpts):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            if damaged:
+                print(f"tunelens: warning: {'; '.join(damaged)}; resuming from {ckpt.name} instead", file=sys.stderr)
+            return ckpt
+        damaged.append(f"{ckpt} is damaged ({problem})")
+    if damaged:
+        raise TunelensError(f"cannot resume: {'; '.join(damaged)}. Start again with --overwrite")
+    return None
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """What is wrong with a checkpoint folder, read without running any pickle: torch files are zip archives
+    whose every member's CRC is checked, safetensors headers are parsed, JSON files are parsed."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    if not (ckpt / "trainer_state.json").is_file():
+        return "no trainer_state.json"
+    for f in sorted(ckpt.iterdir()):
+        try:
+            if f.suffix in (".pt", ".pth", ".bin"):
+                if not zipfile.is_zipfile(f):
+                    return f"{f.name} is not a torch archive"
+                with zipfile.ZipFile(f) as z:
+                    bad = z.testzip()
+                if bad:
+                    return f"{f.name}: member {bad} fails its CRC check"
+            elif f.suffix == ".safetensors":
+                with safe_open(str(f), framework="pt") as st:
+                    st.keys()
+            elif f.suffix == ".json":
+                json.loads(f.read_text())
+        except Exception as e:  # noqa: BLE001 - any failure to read is damage
+            return f"{f.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
 
 
 class JsonlLog(TrainerCallback):
@@ -273,7 +315,7 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
         model = get_peft_model(model, peft_cfg)
     model.train()
 
-    resume_from = last_checkpoint(out) if cfg.resume else None
+    resume_from = last_checkpoint(out, check=True) if cfg.resume else None
     if _rank() == 0:
         write_json(out / "run.json", {
             "config": cfg.to_dict(), "seed": cfg.seed, "versions": _versions(), "data_files": files,
