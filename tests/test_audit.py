@@ -298,3 +298,19 @@ def test_lm_eval_bridge_feeds_compatibility_and_calibration(tiny, tmp_path):
     ours = loglikelihood(tiny.model, tiny.tokenizer, [(r["prompt"], r["choices"]) for r in recs], progress=False)
     for r, o in zip(recs, ours):
         assert r["logprob"] == pytest.approx([c.logprob for c in o], abs=1e-4)
+
+
+def test_forgetting_says_how_many_passages_were_cut_to_the_context(tiny, mc_task, monkeypatch):
+    """A general-text passage longer than the context used to be cut without a word; the suite now counts them."""
+    from tunelens.audit import forgetting
+    from tunelens.data import load_items, load_task
+    from tunelens.scoring import encode
+
+    monkeypatch.setattr(forgetting, "_text_limit", lambda handle: 40)
+    texts = [p.fields["prompt"] for p in load_items(load_task("general-text"), "test")[:4]]
+    expected = sum(len(encode(tiny.tokenizer, t)) > 40 for t in texts)
+    assert expected > 0
+    ledger = run_audit(AuditContext(base=tiny, tuned=tiny, tasks=[mc_task], limit=4, n_boot=20, progress=False),
+                       ["forgetting"])
+    assert f"{expected} of 4 general-text passages are longer than the model's context (40 tokens)" in \
+        ledger["suites"]["forgetting"]["notes"][0]

@@ -8,9 +8,14 @@ from .common import eval_both, task_entries
 from .core import AuditContext, Suite, SuiteResult, paired_entry, register
 
 
+def _text_limit(handle) -> int:
+    return (getattr(handle.model.config, "max_position_embeddings", None) or 2048) - 1
+
+
 def text_losses(handle, texts: list[str], progress: bool = False) -> list[float]:
-    """Mean per-token cross-entropy of each text (conditioned on the end-of-text token only)."""
-    limit = (getattr(handle.model.config, "max_position_embeddings", None) or 2048) - 1
+    """Mean per-token cross-entropy of each text (conditioned on the end-of-text token only); a text longer than
+    the context is scored on its first tokens (the suite's notes count them)."""
+    limit = _text_limit(handle)
     tok = handle.tokenizer
     texts = [t if len(ids := encode(tok, t)) <= limit else tok.decode(ids[:limit]) for t in texts]
     scores = loglikelihood(handle.model, tok, [("", [t]) for t in texts], progress=progress, desc="text loss")
@@ -33,6 +38,10 @@ class ForgettingSuite(Suite):
         losses = ctx.per_model(("text_loss", len(texts)), lambda role, h: text_losses(h, texts, ctx.progress))
         entries.append(paired_entry("text_loss", losses["base"], losses["tuned"], higher_is_better=False,
                                     n_boot=ctx.n_boot, seed=ctx.seed))
+        limit = min(_text_limit(ctx.base), _text_limit(ctx.tuned))
+        cut = sum(len(encode(ctx.base.tokenizer, t)) > limit for t in texts)
+        notes = [f"{cut} of {len(texts)} general-text passages are longer than the model's context ({limit} tokens) "
+                 "and were scored on their first tokens"] if cut else []
         records = [{"id": p.id, "kind": "text_loss", "base": {"loss": lb}, "tuned": {"loss": lt}}
                    for p, lb, lt in zip(passages, losses["base"], losses["tuned"])]
         for rb, rt in zip(res["base"].records, res["tuned"].records):
@@ -40,4 +49,4 @@ class ForgettingSuite(Suite):
                             "answer": rb["choices"][rb["answer"]],
                             "base": {"pred": rb["choices"][rb["pred"]], "correct": rb["correct"]},
                             "tuned": {"pred": rt["choices"][rt["pred"]], "correct": rt["correct"]}})
-        return SuiteResult(records, entries)
+        return SuiteResult(records, entries, notes)
