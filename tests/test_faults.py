@@ -278,3 +278,12 @@ def test_model_without_tokenizer_suggests_no_flag_that_does_not_exist(tiny_model
     with pytest.raises(TunelensError, match="no tokenizer files") as e:
         resolve_model(str(bare))
     assert "--tokenizer" not in str(e.value) and "copy those files from its base model" in str(e.value)
+
+
+@pytest.mark.parametrize("flag, value, words", [("--batch-size", 0, ["--batch-size must be an integer >= 1"]),
+                                                ("--token-budget", 0, ["--token-budget must be an integer >= 64"]),
+                                                ("--limit", -4, ["--limit must be an integer >= 1, got -4"]),
+                                                ("--fewshot", -1, ["--fewshot must be an integer >= 0"])])
+def test_eval_flags_are_checked_before_the_model_loads(tmp_path, task_file, flag, value, words):
+    one_error_line(run("eval", "--model", tmp_path / "no-such-model", "--task", task_file, flag, value,
+                       "--out", tmp_path / "e"), *words)

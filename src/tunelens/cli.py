@@ -97,6 +97,8 @@ def eval_cmd(
 
     C.integer(limit, "--limit", 1, null=True)
     C.integer(fewshot, "--fewshot", 0, null=True)
+    C.integer(batch_size, "--batch-size", 1)
+    C.integer(token_budget, "--token-budget", 64)  # below a prompt's length every batch holds one item: slow
     spec = load_task(task)
     if fewshot is not None:
         spec.fewshot = fewshot
