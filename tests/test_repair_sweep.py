@@ -98,20 +98,21 @@ def test_sweep_file_checks_every_key_and_value(tmp_path, text, message):
     assert e.value.exit_code == 2
 
 
-def test_sweep_file_candidates_yaml_errors_and_a_good_file(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("candidates: {method: interpolate}\n", r"sweep.yaml:1: candidates must be a list of mappings"),
+    ("candidates:\n  - {alpha: 0.5}\n", r"sweep.yaml:1: candidates\[0\] must have a 'method' key"),
+    ("candidates:\n  - {method: interpolat}\n", r"sweep.yaml:1: candidates\[0\]: unknown repair method 'interpolat'"),
+    ("candidates:\n  - {method: interpolate\nlimit: 2\n", r"sweep.yaml:3: invalid YAML"),
+])
+def test_sweep_file_candidates_and_yaml_errors(tmp_path, text, message):
     path = tmp_path / "sweep.yaml"
-    path.write_text("candidates: {method: interpolate}\n")
-    with pytest.raises(TunelensError, match=r"sweep.yaml:1: candidates must be a list of mappings"):
+    path.write_text(text)
+    with pytest.raises(TunelensError, match=message):
         load_sweep_file(path)
-    path.write_text("candidates:\n  - {alpha: 0.5}\n")
-    with pytest.raises(TunelensError, match=r"sweep.yaml:1: candidates\[0\] must have a 'method' key"):
-        load_sweep_file(path)
-    path.write_text("candidates:\n  - {method: interpolat}\n")
-    with pytest.raises(TunelensError, match=r"sweep.yaml:1: candidates\[0\]: unknown repair method 'interpolat'"):
-        load_sweep_file(path)
-    path.write_text("candidates:\n  - {method: interpolate\nlimit: 2\n")
-    with pytest.raises(TunelensError, match=r"sweep.yaml:3: invalid YAML"):
-        load_sweep_file(path)
+
+
+def test_sweep_file_good_file(tmp_path):
+    path = tmp_path / "sweep.yaml"
     path.write_text(GOOD_SWEEP + "base: b\ntuned: t\nselect: task.accuracy >= 0.9*tuned\n")
     assert load_sweep_file(path) == {"candidates": [{"method": "interpolate", "alpha": 0.5}], "suites": ["task"],
                                      "limit": 2, "base": "b", "tuned": "t", "select": "task.accuracy >= 0.9*tuned"}

@@ -263,7 +263,9 @@ def audit_cmd(
     if store and store.reuse_note():
         typer.echo(store.reuse_note())
     typer.echo(f"wrote {out / 'ledger.json'}, {out / 'summary.md'} and {out / 'items'}/")
-    broken = [s for s, b in ledger["suites"].items() if b["status"] != "ok"]
+    from .audit.runner import failed_suites
+
+    broken = failed_suites(ledger)
     if broken:  # a failed suite is never a silent success
         typer.echo(f"tunelens: suite(s) failed: {', '.join(broken)} (the error is in {out / 'ledger.json'})", err=True)
         raise typer.Exit(1)

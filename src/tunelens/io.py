@@ -48,6 +48,11 @@ def write_jsonl(path, rows: Iterable[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
 
 
+def read_jsonl(path) -> list[dict]:
+    """The rows of a JSONL artifact (blank lines skipped); a malformed line raises ValueError."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def _json_default(o):
     import numpy as np
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -59,6 +60,15 @@ def kind_of(folder: Path) -> str | None:
         if (folder / name).is_file():
             return kind
     return None
+
+
+def mark(folder: Path, kind: str) -> None:
+    """Say what `folder` is (`kind`), once: the marker the other commands check."""
+    if not (Path(folder) / MARKER).is_file():
+        from .io import write_json
+
+        write_json(Path(folder) / MARKER, {"kind": kind,
+                                           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 
 def _contents(folder: Path, k: int = 4) -> str:
@@ -108,6 +118,35 @@ def os_error_message(e: OSError, path=None) -> str:
             errno.ENOTDIR: "a part of the path is a file, not a folder: choose a folder path",
             errno.EISDIR: "it is a folder where a file was expected: choose another path"}.get(e.errno)
     return f"cannot write {where}: " + (what or f"{e.strerror or e}: check the path and the disk")
+
+
+def set_aside(out: Path, prefix: str, names: tuple[str, ...] | None = None, *, beside: bool = False) -> Path | None:
+    """Move earlier results out of `out` (one rename each) before a new attempt writes there, so nothing is
+    destroyed before the new one succeeds: `names` (default: everything but the marker and the lock), into a
+    hidden folder named `prefix`... inside `out` or, with `beside`, next to it. None when there was nothing to move. The caller
+    deletes the returned folder on success and calls `put_back` on failure."""
+    out = Path(out)
+    present = [p for p in out.iterdir() if p.name not in _HIDDEN_OK and (names is None or p.name in names)]
+    if not present:
+        return None
+    aside = Path(tempfile.mkdtemp(dir=out.parent if beside else out, prefix=prefix))
+    for p in present:
+        os.replace(p, aside / p.name)
+    return aside
+
+
+def put_back(out: Path, aside: Path, *, everything: bool = False) -> None:
+    """The new attempt failed: remove what it wrote under the set-aside names (or, with `everything`, all but the
+    marker, the lock and the set-aside folder itself) and move the earlier results back."""
+    out, aside = Path(out), Path(aside)
+    moved = {p.name for p in aside.iterdir()}
+    for p in out.iterdir():
+        if p.name in _HIDDEN_OK or p == aside or not (everything or p.name in moved):
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    for name in moved:
+        os.replace(aside / name, out / name)
+    aside.rmdir()
 
 
 class Lock:
@@ -174,10 +213,7 @@ def claim(out, kind: str, *, also: tuple[str, ...] = (), lock: bool = True):
     if held:
         held.acquire()
     try:
-        if not (out / MARKER).is_file():
-            from .io import write_json
-
-            write_json(out / MARKER, {"kind": kind, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        mark(out, kind)
         yield out
     finally:
         if held:

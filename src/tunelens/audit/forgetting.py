@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from ..data import load_items, load_task
-from ..scoring import encode, loglikelihood
+from ..scoring import context_length, encode, loglikelihood
 from .common import eval_both, task_entries
 from .core import AuditContext, Suite, SuiteResult, paired_entry, register
 
 
 def _text_limit(handle) -> int:
-    return (getattr(handle.model.config, "max_position_embeddings", None) or 2048) - 1
+    return context_length(handle.model) - 1  # one position for the end-of-text token the text is conditioned on
 
 
 def text_losses(handle, texts: list[str], progress: bool = False) -> list[float]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
@@ -13,7 +11,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import TunelensError
-from ..io import atomic_open, write_json, write_jsonl
+from ..io import atomic_open, read_jsonl, write_json, write_jsonl
+from ..outdir import put_back, set_aside
 from . import gate as G
 from .core import SUITES, AuditContext
 
@@ -49,12 +48,14 @@ def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Pat
               "tasks": [s.name for s in ctx.tasks], "seed": ctx.seed, "limit": ctx.limit, "suites": {}}
     out = Path(out) if out else None
     earlier = _earlier_attempt(out, suites) if resume and out else {}
-    aside = _set_aside(out) if out and not resume else None  # an earlier audit here: never mixed with this one
+    # an earlier audit's results here are moved aside, so items/ starts empty and no stale items file can be
+    # read as part of this audit; deleted once this audit is written, put back if it fails
+    aside = set_aside(out, ".previous-audit-", _RESULTS) if out and out.is_dir() and not resume else None
     try:
         ledger, gate_error = _run(ctx, suites, out, gates, ledger, earlier)
     except BaseException:
         if aside is not None:
-            _put_back(out, aside)
+            put_back(out, aside)
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
@@ -64,27 +65,6 @@ def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Pat
 
 
 _RESULTS = ("items", "ledger.json", "summary.md")
-
-
-def _set_aside(out: Path) -> Path | None:
-    """Move an earlier audit's results out of `out` (one rename each), so that items/ starts empty and no stale
-    items file can be read as part of this audit; removed when this audit is written, put back if it fails."""
-    present = [out / n for n in _RESULTS if (out / n).exists()]
-    if not present:
-        return None
-    aside = Path(tempfile.mkdtemp(dir=out, prefix=".previous-audit-"))
-    for p in present:
-        os.replace(p, aside / p.name)
-    return aside
-
-
-def _put_back(out: Path, aside: Path) -> None:
-    for name in _RESULTS:
-        if (aside / name).exists():
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-            os.replace(aside / name, out / name)
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _run(ctx: AuditContext, suites: list[str], out: Path | None, gates, ledger: dict,
@@ -126,6 +106,11 @@ def _run(ctx: AuditContext, suites: list[str], out: Path | None, gates, ledger: 
     return ledger, gate_error
 
 
+def failed_suites(ledger: dict) -> list[str]:
+    """The suites of a ledger that did not finish ok."""
+    return [s for s, b in ledger["suites"].items() if b.get("status") != "ok"]
+
+
 def _earlier_attempt(out: Path, suites: list[str]) -> dict[str, tuple[dict, list[dict]]]:
     """{suite: (ledger block, records)} for the suites an earlier ledger in `out` has as ok, with their items."""
     try:
@@ -139,7 +124,7 @@ def _earlier_attempt(out: Path, suites: list[str]) -> dict[str, tuple[dict, list
         if not isinstance(block, dict) or block.get("status") != "ok" or not items.is_file():
             continue
         try:
-            records = [json.loads(line) for line in items.read_text().splitlines() if line.strip()]
+            records = read_jsonl(items)
         except ValueError:
             continue
         if len(records) == block.get("n_records"):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import checks as C
 from ..audit import gate as G
+from ..audit.runner import failed_suites
 from ..checks import BadSetting
 from ..errors import TunelensError, suggest
 from ..io import atomic_open, write_json
@@ -365,10 +366,6 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
     with atomic_open(out / "sweep.md") as f:
         f.write(sweep_markdown(result))
     return result
-
-
-def failed_suites(ledger: dict) -> list[str]:
-    return [s for s, b in ledger["suites"].items() if b.get("status") != "ok"]
 
 
 def _earlier_rows(out: Path) -> dict[str, dict]:

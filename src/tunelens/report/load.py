@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TunelensError
+from ..io import read_jsonl
 
 STAGES = ("tune", "audit", "diff", "graft", "repair")
 # the file whose presence means the stage produced something the report can read
@@ -116,7 +117,7 @@ def _read_stage_files(data: RunData) -> None:
 class _Readers:
     @staticmethod
     def tune(data: RunData, d: Path) -> None:
-        data.train_log = [r for r in _jsonl(d / "train_log.jsonl") if "loss" in r and "step" in r]
+        data.train_log = [r for r in read_jsonl(d / "train_log.jsonl") if "loss" in r and "step" in r]
         if (d / "curve.json").exists():
             data.curve = _json(d / "curve.json", data)
 
@@ -131,7 +132,7 @@ class _Readers:
             if not isinstance(block, dict) or block.get("status") != "ok" or not f.is_file():
                 continue
             try:
-                data.records[suite] = _jsonl(f)
+                data.records[suite] = read_jsonl(f)
             except (OSError, ValueError) as e:
                 data.problems.append(f"could not read {_rel(data.root, f)}: {e}")
 
@@ -186,10 +187,6 @@ def _json(path: Path, data: RunData):
     except (OSError, ValueError) as e:
         data.problems.append(f"could not read {_rel(data.root, path)}: {e}")
         return None
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _rel(root: Path, p: Path) -> str:

@@ -228,10 +228,9 @@ def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> Non
     if folder.exists() and not retry and (forced or stage != "tune"):
         shutil.rmtree(folder)  # a stopped attempt: start it again (the tune resumes from its checkpoint)
     folder.mkdir(parents=True, exist_ok=True)
-    from ..outdir import MARKER
+    from ..outdir import mark
 
-    if not (folder / MARKER).is_file():  # what the folder is, for the commands that check (the tune's claim)
-        write_json(folder / MARKER, {"kind": stage, "created": _now()})
+    mark(folder, stage)  # what the folder is, for the commands that check (the tune's claim)
     run.mark(stage, status="pending", dir=rel, note=f"running since {_now()}", error=None, cached=False)
     ctx = S.StageContext(cfg=cfg, run_dir=run.run_dir, out=folder, base=cfg.model, tuned=run.tuned(),
                          dirs={s: run.folder(s) for s in run.hashes}, step=disp.step, retry=retry)

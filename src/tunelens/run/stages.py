@@ -40,6 +40,7 @@ def tune_stage(ctx: StageContext) -> dict:
 def audit_stage(ctx: StageContext) -> dict:
     from ..audit import AuditContext, check_tokenizers, run_audit
     from ..audit.base_store import attach
+    from ..audit.runner import failed_suites
     from ..data import load_task
     from ..models import resolve_model
 
@@ -51,7 +52,7 @@ def audit_stage(ctx: StageContext) -> dict:
     store = attach(actx, a.base_cache)
     ledger = run_audit(actx, a.suites, ctx.out, a.gate or None, resume=ctx.retry)
     failed = [g["expr"] for g in ledger.get("gates", []) if not g["passed"]]
-    broken = [s for s, b in ledger["suites"].items() if b["status"] != "ok"]
+    broken = failed_suites(ledger)
     note = "; ".join(([f"gate failed: {', '.join(failed)}"] if failed else [])
                      + ([retry_note(ledger)] if ledger.get("reused_suites") else [])
                      + ([store.reuse_note()] if store and store.reuse_note() else []))

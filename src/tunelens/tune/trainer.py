@@ -26,6 +26,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from .. import __version__
 from ..errors import TunelensError
 from ..io import write_json
+from ..outdir import claim, put_back, set_aside
 from .config import TuneConfig
 from .examples import IGNORE, build_examples, data_files, parse_mix
 
@@ -219,7 +220,7 @@ def _prepare_out(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path | No
     same = {k: v for k, v in previous.items() if k not in _NOT_THE_RUN} == \
            {k: v for k, v in cfg.to_dict().items() if k not in _NOT_THE_RUN}
     if cfg.overwrite:
-        return _move_aside(out) if _rank() == 0 else None
+        return set_aside(out, f".{out.name}.replaced-", beside=True) if _rank() == 0 else None
     elif not same:
         raise TunelensError(f"{out} already holds a different tuning run; choose another --out or pass --overwrite")
     elif not cfg.resume and (out / MODEL_DIR).exists():
@@ -230,27 +231,6 @@ def _prepare_out(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path | No
     return None
 
 
-_KEEP = (".tunelens-out.json", ".tunelens.lock")  # the folder's marker and lock stay with the folder
-
-
-def _move_aside(out: Path) -> Path:
-    import tempfile
-
-    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.replaced-"))
-    for p in out.iterdir():
-        if p.name not in _KEEP:
-            os.replace(p, aside / p.name)
-    return aside
-
-
-def _restore(out: Path, aside: Path) -> None:
-    """The new run failed: remove what it wrote and put the earlier run back."""
-    for p in out.iterdir():
-        if p.name not in _KEEP:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    for p in aside.iterdir():
-        os.replace(p, out / p.name)
-    aside.rmdir()
 
 
 def _versions() -> dict[str, str]:
@@ -270,8 +250,6 @@ def tune(cfg: TuneConfig) -> Path:
 
     The output folder is claimed first (a tuning run's folder or a new one, writable, no other writer); with
     --overwrite the earlier run is restored if this one fails."""
-    from ..outdir import claim
-
     from ..data import load_items
 
     out = Path(cfg.out)
@@ -285,7 +263,7 @@ def tune(cfg: TuneConfig) -> Path:
             final = _tune(cfg, out, files)
         except BaseException:
             if aside is not None:
-                _restore(out, aside)
+                put_back(out, aside, everything=True)
                 print(f"tunelens: the new run failed; the earlier run in {out} is restored", file=sys.stderr)
             raise
         if aside is not None:
