@@ -1,22 +1,29 @@
-"""Audit wall time: every built-in suite, the default model against a LoRA-tuned copy of it.
+"""Sequential audit vs full audit: the default model against a LoRA-tuned copy of it, every built-in suite.
 
-Without --tuned, a LoRA adapter is first tuned on the telecom routing task for a few steps (not
-timed). The audit itself (all suites, the demo task as the user's task) is timed end to end, and
-generated tokens per second are counted over the suites that generate (safety, over-refusal, context).
+Without --tuned, a LoRA adapter is first tuned on the telecom routing task for a few steps (not timed). Then, in
+the same run and on the same pair:
+  1. the full audit (`--full`: every item of every pool), timed, with a fresh base store;
+  2. the sequential audit (the default: chunks until each headline metric is decided), timed, fresh store;
+  3. both again with their stores warm (the base model's results read from disk): what every later audit
+     against this base costs.
 
-    .venv/bin/python bench/audit.py [--tuned out/tune/model] [--limit N] [--warm]
+Figures: D of H headline metrics decided by the sequential audit; A of those in the direction of the full
+audit's estimate (for `equivalent`: the full estimate inside the margin); K of the C headline metrics with a
+clear effect (the full audit's fixed-n 95% interval excludes 0 by at least its own half-width) decided as a gain
+or cost; P the share of the full audit's items the sequential one used (headline suites, per suite the largest
+n over its headline metrics). Targets (issue 16): S <= 0.5 F, A = D, K = C.
 
-The timed audit keeps the base model's results in a fresh BaseStore, as `tunelens audit` does. With --warm a
-second audit of the same pair follows with a new store on the same folder: what every later audit against
-this base costs (the base model is not run).
+    .venv/bin/python bench/audit.py [--tuned out/tune/model] [--budget SECONDS] [--suites a,b] [--no-warm]
 
-Last line: audit: seconds=X gen_tps=Y   (with --warm: ... warm_seconds=Z)
+Second-to-last line: audit-warm: ... (the same figures with the base model cached)
+Last line: audit: full_seconds=F seq_seconds=S decided=D/H agree=A clear_decided=K/C items_frac=P
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -26,19 +33,74 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def cpu_flags() -> str:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split()
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+    keep = [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c")]
+    return " ".join(sorted(keep)) or "no avx"
+
+
+def headline(ledger: dict) -> dict[str, dict]:
+    return {f"{s}.{e['metric']}": e for s, b in ledger["suites"].items() if b.get("status") == "ok"
+            for e in b.get("entries", []) if e.get("role") == "headline"}
+
+
+def suite_items(ledger: dict) -> dict[str, int]:
+    out = {}
+    for s, b in ledger["suites"].items():
+        ns = [e["n"] for e in b.get("entries", []) if e.get("role") == "headline"]
+        if ns:
+            out[s] = max(ns)
+    return out
+
+
+def figures(full: dict, seq: dict) -> dict:
+    hf, hs = headline(full), headline(seq)
+    decided = {k: e for k, e in hs.items() if e.get("decision") not in (None, "inconclusive")}
+    agree = 0
+    for k, e in decided.items():
+        ref = hf.get(k)
+        if ref is None or ref["delta"] is None:
+            continue
+        if e["decision"] == "equivalent":
+            agree += abs(ref["delta"]) < e["margin"]
+        else:
+            rising = (e["decision"] == "gain") == e.get("higher_is_better", True)
+            agree += (ref["delta"] > 0) if rising else (ref["delta"] < 0)
+    clear = []
+    for k, e in hf.items():
+        ci = e.get("ci95")
+        if ci and ci[0] is not None:
+            half = (ci[1] - ci[0]) / 2
+            if ci[0] >= half or ci[1] <= -half:
+                clear.append(k)
+    clear_decided = sum(hs.get(k, {}).get("decision") in ("gain", "cost") for k in clear)
+    nf, ns = suite_items(full), suite_items(seq)
+    frac = sum(ns.get(s, 0) for s in nf) / max(1, sum(nf.values()))
+    return {"decided": f"{len(decided)}/{len(hs)}", "agree": agree, "clear_decided": f"{clear_decided}/{len(clear)}",
+            "items_frac": f"{frac:.2f}"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tuned", help="a tuned model or adapter (default: tune a quick LoRA first)")
-    ap.add_argument("--tune-steps", type=int, default=8)
-    ap.add_argument("--limit", type=int, default=None, help="cap items per suite")
-    ap.add_argument("--warm", action="store_true", help="then time a second audit with the base results on disk")
+    ap.add_argument("--tune-steps", type=int, default=16)
+    ap.add_argument("--budget", type=float, default=None, help="the sequential audit's --budget (default: none)")
+    ap.add_argument("--suites", default=None, help="comma-separated suites (default: every built-in one)")
+    ap.add_argument("--no-warm", action="store_true", help="skip the two audits with the base store warm")
     args = ap.parse_args()
 
-    from tunelens.audit import AuditContext, run_audit
+    import torch
+
+    from tunelens.audit import DEFAULT_SUITES, AuditContext, run_audit
     from tunelens.audit.base_store import BaseStore
     from tunelens.data import load_task
     from tunelens.models import resolve_model
 
+    print(f"cpu: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
+    suites = args.suites.split(",") if args.suites else list(DEFAULT_SUITES)
     with tempfile.TemporaryDirectory() as tmp:
         tuned = args.tuned
         if not tuned:
@@ -48,32 +110,37 @@ def main() -> None:
                                          max_steps=args.tune_steps, save_steps=10_000, progress=False)))
         base, tuned_h = resolve_model("default"), resolve_model(tuned, merge_adapter="auto")
 
-        def audit(out: str):
-            ctx = AuditContext(base=base, tuned=tuned_h, tasks=[load_task("telecom-intent")], limit=args.limit,
-                               progress=False)
+        def audit(name: str, sequential: bool, store: str) -> tuple[dict, float]:
+            ctx = AuditContext(base=base, tuned=tuned_h, tasks=[load_task("telecom-intent")], progress=False,
+                               sequential=sequential, budget=args.budget if sequential else None)
             t0 = time.perf_counter()
-            ctx.base_cache = store = BaseStore(Path(tmp) / "base-store", ctx)
-            print(f"[{out}] fingerprint {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-            ledger = run_audit(ctx, out=Path(tmp) / out)
-            return ledger, time.perf_counter() - t0, store.hits
+            ctx.base_cache = st = BaseStore(Path(tmp) / store, ctx)
+            ledger = run_audit(ctx, suites, out=Path(tmp) / name)
+            seconds = time.perf_counter() - t0
+            print(f"[{name}] {seconds:.1f}s, {st.hits} base results from disk, verdict: "
+                  f"{ledger['verdict']['label']} ({ledger['verdict']['why']})", file=sys.stderr)
+            for s, b in ledger["suites"].items():
+                print(f"    {s:14s} {b['status']:6s} {b['seconds']:7.1f}s stop={b.get('stop')} "
+                      f"looks={[lk['n'] for lk in b.get('looks', [])]}", file=sys.stderr)
+                for e in b["entries"]:
+                    if e.get("role") == "headline":
+                        print(f"        {e['metric']:30s} delta={e['delta']:+.3f} n={e['n']}/{e['pool']} "
+                              f"cs={[round(v, 3) for v in e['cs95']]} ci={e['ci95'] and [round(v, 3) for v in e['ci95']]} "
+                              f"{e['decision']}", file=sys.stderr)
+            return ledger, seconds
 
-        ledger, seconds, _ = audit("audit")
-        if args.warm:
-            warm_ledger, warm_seconds, hits = audit("audit-warm")
-            same = all(warm_ledger["suites"][s]["entries"] == b["entries"] for s, b in ledger["suites"].items())
-            print(f"[warm] {hits} base results read from disk; ledger identical to the cold one: {same}",
-                  file=sys.stderr)
-        gen_seconds = sum(ledger["suites"][s]["seconds"] for s in ("safety", "over_refusal", "context")
-                          if s in ledger["suites"])
-    for name, block in ledger["suites"].items():
-        print(f"{name:14s} {block['status']:6s} {block['seconds']:7.1f}s", file=sys.stderr)
-        for e in block["entries"][:6]:
-            if e["delta"] is not None:
-                print(f"    {e['metric']:32s} base={e['base']:.3f} tuned={e['tuned']:.3f} delta={e['delta']:+.3f}",
-                      file=sys.stderr)
-    gen_tps = ledger["generated_tokens"] / gen_seconds if gen_seconds else 0.0
-    warm = f" warm_seconds={warm_seconds:.1f}" if args.warm else ""
-    print(f"audit: seconds={seconds:.1f} gen_tps={gen_tps:.1f}{warm}")
+        full, full_s = audit("full", False, "store-full")
+        seq, seq_s = audit("seq", True, "store-seq")
+        line = "full_seconds={:.1f} seq_seconds={:.1f} decided={decided} agree={agree} clear_decided={clear_decided} " \
+               "items_frac={items_frac}"
+        cold = line.format(full_s, seq_s, **figures(full, seq))
+        if not args.no_warm:
+            full_w, full_ws = audit("full-warm", False, "store-full")
+            seq_w, seq_ws = audit("seq-warm", True, "store-seq")
+            same = all(full_w["suites"][s]["entries"] == b["entries"] for s, b in full["suites"].items())
+            print(f"[warm] full ledger identical to the cold one: {same}", file=sys.stderr)
+            print("audit-warm: " + line.format(full_ws, seq_ws, **figures(full_w, seq_w)))
+    print("audit: " + cold)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def test_self_audit_has_zero_deltas_and_no_flips(tiny, mc_task, tmp_path):
             if "flip" in e["metric"]:
                 assert e["tuned"] == 0, (name, e["metric"])
     saved = json.loads((tmp_path / "ledger.json").read_text())
-    assert saved["schema"] == "tunelens.ledger/1"
+    assert saved["schema"] == "tunelens.ledger/2"
     for name in SUITES:
         assert (tmp_path / "items" / f"{name}.jsonl").exists()
     assert "| suite | metric |" in (tmp_path / "summary.md").read_text()
@@ -116,7 +116,7 @@ def test_base_store_serves_the_base_from_disk(tiny, mc_task, tmp_path, monkeypat
     second = run_audit(ctx)
     assert store.hits > 0
     for name, block in first["suites"].items():
-        assert second["suites"][name]["status"] == "ok", second["suites"][name].get("error")
+        assert second["suites"][name]["status"] == "ok", (name, second["suites"][name].get("traceback"))
         assert second["suites"][name]["entries"] == block["entries"], name
 
     other_items = copy.deepcopy(mc_task)
@@ -291,7 +291,7 @@ def test_lm_eval_bridge_feeds_compatibility_and_calibration(tiny, tmp_path):
     assert all(ledger["suites"][s]["status"] == "ok" for s in ("task", "compatibility", "calibration"))
     metrics = {e["metric"]: e for e in ledger["suites"]["compatibility"]["entries"]}
     assert metrics["negative_flip_rate"]["tuned"] == 0 and metrics["negative_flip_rate"]["n"] == 6
-    recs = ctx.cache[("eval", spec.name, None, None, None, True)]["base"].records
+    recs = ctx.cache[("bridged", spec.name)]["base"].records
     # the bridged log-likelihoods are the ones our own engine computes for the same strings
     from tunelens.scoring import loglikelihood
 
@@ -314,3 +314,110 @@ def test_forgetting_says_how_many_passages_were_cut_to_the_context(tiny, mc_task
                        ["forgetting"])
     assert f"{expected} of 4 general-text passages are longer than the model's context (40 tokens)" in \
         ledger["suites"]["forgetting"]["notes"][0]
+
+
+# ---------------------------------------------------------------- sequential audits, decisions, three-outcome gates
+
+
+def test_sequential_self_audit_stops_early_as_equivalent_and_full_uses_the_pool(tiny, tmp_path):
+    """A model against itself: every paired delta is 0, so the sequence closes in on 0 and the suite stops, decided
+    `equivalent`, long before its 120-item pool is used; --full draws every item."""
+    ctx = AuditContext(base=tiny, tuned=tiny, progress=False, batch_size=16, chunk=16, n_boot=50)
+    ledger = run_audit(ctx, ["over_refusal"], out=tmp_path / "seq")
+    block = ledger["suites"]["over_refusal"]
+    head = [e for e in block["entries"] if e["role"] == "headline"]
+    assert [e["metric"] for e in head] == ["over_refusal_rate"]
+    e = head[0]
+    assert e["decision"] == "equivalent" and block["stop"] == "decided"
+    assert e["pool"] == 120 and e["n"] < 120 and e["n"] % 16 == 0
+    assert -e["margin"] < e["cs95"][0] <= 0 <= e["cs95"][1] < e["margin"]
+    assert [lk["n"] for lk in block["looks"]] == list(range(16, e["n"] + 1, 16))
+    assert ledger["verdict"]["label"] == "no material change" and e["holm_rejected"]
+    full = run_audit(AuditContext(base=tiny, tuned=tiny, progress=False, batch_size=16, n_boot=50, sequential=False),
+                     ["over_refusal"], out=tmp_path / "full")
+    f = next(x for x in full["suites"]["over_refusal"]["entries"] if x["role"] == "headline")
+    assert f["n"] == 120 and f["cs95"] == [0.0, 0.0] and full["suites"]["over_refusal"]["stop"] == "full pool"
+    assert full["mode"] == "full" and ledger["mode"] == "sequential"
+
+
+def test_limit_larger_than_the_pool_uses_the_pool_and_says_so(tiny, mc_task):
+    ctx = AuditContext(base=tiny, tuned=tiny, tasks=[mc_task], limit=500, progress=False, n_boot=20)
+    block = run_audit(ctx, ["task"])["suites"]["task"]
+    acc = next(e for e in block["entries"] if e["metric"] == "accuracy")
+    assert acc["pool"] == acc["n"] < 500
+    assert any("larger than the pool" in n for n in block["notes"])
+
+
+def test_a_small_subgroup_is_marked_insufficient_and_gets_no_interval():
+    from tunelens.audit.core import MIN_SUBGROUP, subgroup_entry
+
+    small = subgroup_entry("refusal_rate.x", [1.0, 0.0, 1.0], [0.0, 0.0, 1.0], n_boot=50)
+    assert small.insufficient and small.ci95 is None and small.delta == pytest.approx(-1 / 3)
+    big = subgroup_entry("refusal_rate.y", [1.0] * MIN_SUBGROUP, [0.0] * MIN_SUBGROUP, n_boot=50)
+    assert not big.insufficient and big.ci95 == [-1.0, -1.0]
+
+
+def _head(metric, decision, delta, cs, *, hib=True, holm=True, p=0.001):
+    return {"metric": metric, "base": 0.5, "tuned": 0.5 + delta, "delta": delta, "ci95": [cs[0], cs[1]], "n": 100,
+            "higher_is_better": hib, "role": "headline", "pool": 200, "cs95": list(cs), "decision": decision,
+            "margin": 0.05, "p": p, "holm_rejected": holm}
+
+
+def _ledger(**suites):
+    return {"suites": {s: {"status": "ok", "entries": es} for s, es in suites.items()}}
+
+
+def test_verdict_uses_only_decided_headline_metrics():
+    from tunelens.audit.runner import apply_holm, overall_verdict
+
+    gain = _head("accuracy", "gain", 0.2, (0.1, 0.3))
+    cost = _head("refusal_rate", "cost", -0.2, (-0.3, -0.1))
+    open_ = _head("refusal_rate", "inconclusive", -0.1, (-0.3, 0.1), p=0.2)
+    assert overall_verdict(_ledger(task=[gain], safety=[open_]))["label"] == "improved"
+    assert overall_verdict(_ledger(task=[gain], safety=[cost]))["label"] == "improved with costs"
+    assert overall_verdict(_ledger(task=[_head("accuracy", "inconclusive", 0.1, (-0.1, 0.3), p=0.3)],
+                                   safety=[cost]))["label"] == "regressed"
+    eq = _head("accuracy", "equivalent", 0.0, (-0.02, 0.02))
+    assert overall_verdict(_ledger(task=[eq]))["label"] == "no material change"
+    # one changed answer out of 10 decides nothing: the sequence is wide, no label is given (FineTuneCheck would
+    # call this forgetting "catastrophic")
+    one = _head("general_knowledge.accuracy", "inconclusive", -0.1, (-0.6, 0.4), p=1.0)
+    v = overall_verdict(_ledger(forgetting=[one]))
+    assert v["label"] == "insufficient evidence" and "not decided" in v["why"]
+    # a decision Holm does not keep is not used
+    led = _ledger(task=[_head("accuracy", "gain", 0.1, (0.01, 0.2), p=0.04)],
+                  safety=[_head("refusal_rate", "inconclusive", 0, (-0.2, 0.2), p=0.9)])
+    assert apply_holm(led) == {"k": 2, "decided": 1, "surviving": 0}
+    assert overall_verdict(led)["label"] == "insufficient evidence"
+
+
+def test_gates_have_three_outcomes_over_sequences_and_fixed_n_intervals():
+    led = _ledger(task=[_head("accuracy", "inconclusive", 0.05, (-0.1, 0.2), p=0.5),
+                        {"metric": "macro_f1", "base": 0.4, "tuned": 0.5, "delta": 0.1, "ci95": [0.02, 0.18], "n": 50,
+                         "higher_is_better": True, "role": "secondary"}])
+    out = lambda expr: G.evaluate(expr, led)["outcome"]
+    assert out("task.accuracy.delta >= -0.2") == "pass"
+    assert out("task.accuracy.delta >= 0") == "inconclusive"
+    assert out("task.accuracy.delta > 0.3") == "fail"
+    assert out("task.accuracy.delta >= 0 or task.macro_f1.delta > 0") == "pass"
+    assert out("task.accuracy.delta >= 0 and task.macro_f1.delta > 0.5") == "fail"
+    assert out("task.accuracy.tuned - task.accuracy.base > 0.04") == "pass"  # point values
+    g = G.evaluate("task.macro_f1.delta > 0", led)
+    assert g["outcome"] == "pass" and "not a sequential metric" in g["why"] and g["passed"]
+    assert G.evaluate("task.accuracy.delta >= 0", led)["passed"] is False  # inconclusive never passes
+
+
+def test_cli_budget_margin_and_inconclusive_gate_exit_codes(tiny_model_dir, tmp_path):
+    runner = CliRunner()
+    args = ["audit", "--base", str(tiny_model_dir), "--tuned", str(tiny_model_dir), "--suites", "over_refusal",
+            "--chunk", "16", "--out", str(tmp_path / "a"), "--no-base-cache"]
+    for bad, what in ((["--budget", "0"], "--budget"), (["--margin", "refusal_rate=0"], "--margin"),
+                      (["--margin", "refusal_rate"], "METRIC=VALUE")):
+        r = runner.invoke(app, args + bad)
+        assert r.exit_code == 2 and what in r.output, r.output
+    # itself against itself: equivalent before the 120-item pool is used, so "rose" is neither shown nor ruled out
+    r = runner.invoke(app, args + ["--gate", "over_refusal.over_refusal_rate.delta > 0"])
+    assert r.exit_code == 4, r.output
+    assert "gate inconclusive" in r.output
+    r = runner.invoke(app, args + ["--gate", "over_refusal.over_refusal_rate.delta <= 0.1"])
+    assert r.exit_code == 0, r.output

@@ -591,3 +591,42 @@ def test_builtin_telecom_items():
     item = load_items(intent, "test")[0]
     for template in [intent.template, *intent.paraphrases]:
         assert item.fields["text"] in render_prompt(intent, item, template=template)
+
+
+def test_stratified_order_every_prefix_keeps_the_mix_and_is_seeded():
+    """The telecom test split keeps file order: its first rows cover 4 of 7 intents. Every prefix of the
+    stratified order holds each intent in proportion (within one item), the same for the same seed."""
+    from collections import Counter
+
+    from tunelens.data import load_items, load_task
+    from tunelens.data.order import draw_order, order_digest, ordered, stratum_of
+
+    spec = load_task("telecom-intent")
+    items = load_items(spec, "test")
+    assert len({stratum_of(spec, it) for it in items[:24]}) < 7  # why: the file's own order
+    order = ordered(spec, items, 0)
+    assert sorted(it.id for it in order) == sorted(it.id for it in items)
+    share = Counter(stratum_of(spec, it) for it in items)
+    for k in (7, 24, 40, 76):
+        got = Counter(stratum_of(spec, it) for it in order[:k])
+        for s, n in share.items():
+            assert abs(got[s] - k * n / len(items)) <= 1, (k, s)
+    assert order_digest(ordered(spec, items, 0)) == order_digest(order)
+    assert order_digest(ordered(spec, items, 1)) != order_digest(order)
+    # the sequential audit's draws: the same pool (a prefix of the order), shuffled with the seed
+    pool = draw_order(spec, items, 0, 40)
+    assert sorted(it.id for it in pool) == sorted(it.id for it in order[:40])
+    assert [it.id for it in pool] != [it.id for it in order[:40]]
+
+
+def test_eval_limit_is_a_stratified_prefix(tiny_model_dir):
+    from tunelens.data import load_task
+    from tunelens.data.order import stratum_of
+    from tunelens.evaluate import evaluate
+    from tunelens.models import resolve_model
+
+    spec = load_task("telecom-intent")
+    res = evaluate(resolve_model(str(tiny_model_dir)), spec, limit=14, progress=False, n_boot=10)
+    answers = [r["answer"] for r in res.records]
+    assert sorted(set(answers)) == list(range(7)) and all(answers.count(a) == 2 for a in range(7))
+    assert res.info["task"]["pool"] == 133 and res.info["task"]["order"]

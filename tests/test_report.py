@@ -144,8 +144,10 @@ def test_full_run_report_has_every_section_plot_and_number(run_dir):
     ledger = json.loads((run_dir / "audit/bbbb00000002/ledger.json").read_text())
     acc = next(e for e in ledger["suites"]["task"]["entries"] if e["metric"] == "accuracy")
     assert f"{acc['base']:.3f}" in html and f"{acc['tuned']:.3f}" in html and f"{acc['delta']:+.3f}" in html
-    assert "GATE FAILED" in html or "GATE PASSED" in html
+    assert "GATE FAILED" in html or "GATE PASSED" in html or "GATE INCONCLUSIVE" in html
     assert "safety.refusal_rate.delta &gt;= -0.05" in html
+    assert f"Verdict: {ledger['verdict']['label']}" in html and "Headline decisions" in html
+    assert "Largest gains" not in html and "Largest costs" not in html
     graft = json.loads((run_dir / "graft/dddd00000004/graft.json").read_text())
     assert f"{graft['results'][0]['score']['graft']:.3f}" in html
     assert "safelora-0.5" in html and "★ selected" in html and "failed: RuntimeError: &lt;bad&gt; merge" in html
@@ -155,20 +157,250 @@ def test_full_run_report_has_every_section_plot_and_number(run_dir):
     assert "data:image" not in md
 
 
-def test_verdict_ranks_gains_and_costs_by_interval():
-    from tunelens.report.content import ranked_changes
+# ------------------------------------------------------------------ fake tunelens.ledger/2 ledgers, built by hand
 
-    e = lambda m, d, lo, hi, hib=True: {"metric": m, "base": 0.5, "tuned": 0.5 + d, "delta": d, "ci95": [lo, hi],
-                                        "n": 50, "higher_is_better": hib}
-    ledger = {"suites": {"task": {"status": "ok", "entries": [
-        e("accuracy", 0.20, 0.10, 0.30), e("f1", 0.30, -0.30, 0.90), e("ece", 0.05, 0.04, 0.06, hib=False)]},
-        "safety": {"status": "ok", "entries": [e("refusal_rate", -0.10, -0.15, -0.05), e("x", 0.0, -0.1, 0.1),
-                                               {**e("refusal_rate.fraud", -1.0, -1.0, -1.0), "category": "fraud"}]}}}
-    gains, costs = ranked_changes(ledger)
-    assert [(c.suite, c.metric) for c in gains] == [("task", "accuracy"), ("task", "f1")]
-    assert [c.significant for c in gains] == [True, False]
-    # ece: +0.05 with half-width 0.01 (z=5) outranks the refusal drop (z=2)
-    assert [(c.suite, c.metric) for c in costs] == [("task", "ece"), ("safety", "refusal_rate")]
+def _entry(metric, delta, ci=None, *, role="secondary", base=0.5, n=50, hib=True, **extra) -> dict:
+    """A ledger entry as audit.core.Entry.to_dict writes it (schema tunelens.ledger/2)."""
+    return {"metric": metric, "base": base, "tuned": base + delta, "delta": delta, "ci95": ci, "n": n,
+            "higher_is_better": hib, "role": role, "pool": None, "cs95": None, "decision": None, "margin": None,
+            "p": None, "p_holm": None, "holm_rejected": None, "stop": None, "mde": None, "meaning": None,
+            "insufficient": False, **extra}
+
+
+def _headline(metric, delta, cs, decision, *, holm=True, pool=200, stop="decided", **kw) -> dict:
+    return _entry(metric, delta, kw.pop("ci", [cs[0] - 0.01, cs[1] + 0.01]), role="headline", pool=pool, cs95=cs,
+                  decision=decision, margin=0.05, p=0.001, p_holm=0.004 if holm else 0.2,
+                  holm_rejected=holm and decision != "inconclusive", stop=stop, mde=0.08, **kw)
+
+
+def _ledger(suites: dict, *, verdict=None, gates=None, holm=None) -> dict:
+    """A ledger holding `suites` ({name: [entries]}), with the verdict, Holm summary and gates given."""
+    led = {"schema": "tunelens.ledger/2", "base": {"name": "base-model"}, "tuned": {"name": "tuned-model"},
+           "mode": "sequential", "chunk": 32, "budget": None,
+           "suites": {name: {"status": "ok", "description": f"the {name} suite", "entries": entries, "notes": [],
+                             "looks": [{"n": 32, "seconds": 1.0, "decided": 0}, {"n": 64, "seconds": 2.0, "decided": 1}],
+                             "stop": "pool exhausted"} for name, entries in suites.items()}}
+    if verdict is not None:
+        led["verdict"] = verdict
+    if holm is not None:
+        led["holm"] = holm
+    if gates is not None:
+        led["gates"] = gates
+    return led
+
+
+def _mixed_ledger(**kw) -> dict:
+    """Headline gain, cost (one kept by Holm, one not) and inconclusive; secondary and diagnostic entries whose
+    fixed-n intervals exclude zero (which must not make them gains or costs); an insufficient subgroup."""
+    return _ledger({
+        "task": [_headline("accuracy", 0.12, [0.05, 0.19], "gain"),
+                 _entry("answer_length", 0.30, [0.20, 0.40]),  # secondary, interval far from 0
+                 _entry("logit_gap", -0.40, [-0.50, -0.30], role="diagnostic",
+                        meaning="how far the right choice leads the runner-up"),
+                 _entry("negative_flip_rate", 0.04, [0.01, 0.07], hib=False, count=2, mcnemar_p=0.03125)],
+        "safety": [_headline("refusal_rate", -0.10, [-0.16, -0.04], "cost"),
+                   _headline("harmful_compliance_rate", 0.04, [0.01, 0.07], "cost", holm=False, hib=False),
+                   _headline("refusal_margin", 0.01, [-0.03, 0.06], "inconclusive", stop="pool exhausted"),
+                   _entry("refusal_rate.fraud", -0.5, [-0.123, 0.456], n=4, base=0.5, insufficient=True,
+                          category="fraud"),
+                   _entry("refusal_rate.weapons", -0.2, [-0.35, -0.05], n=20, base=0.9, category="weapons")]},
+        verdict={"label": "improved with costs", "why": "gain in task.accuracy; cost in safety.refusal_rate",
+                 "gains": ["task.accuracy"], "costs": ["safety.refusal_rate"], "equivalent": [],
+                 "undecided": ["safety.harmful_compliance_rate", "safety.refusal_margin"]},
+        holm={"k": 4, "decided": 3, "surviving": 2}, **kw)
+
+
+def _render(tmp_path, ledger, config=None):
+    """report.html and report.md of a run folder holding only an audit stage with this ledger."""
+    from tunelens.report import build_report
+
+    write_json(tmp_path / "audit/ffff00000001/ledger.json", ledger)
+    (tmp_path / "audit/ffff00000001/DONE").write_text("")
+    write_json(tmp_path / "run.json", {"schema": "tunelens.run/1", "config": config or {}, "stages": {
+        "audit": {"status": "done", "dir": "audit/ffff00000001", "seconds": 3.0, "error": None, "note": None}},
+        "order": ["audit", "report"], "started": "2026-01-01T00:00:00+00:00", "finished": None})
+    paths = build_report(tmp_path)
+    return paths["html"].read_text(), paths["md"].read_text()
+
+
+def _section(html: str, sid: str) -> str:
+    return html.split(f'<section id="{sid}">', 1)[1].split("</section>", 1)[0]
+
+
+def _first_statement(html: str) -> str:
+    """The first element of the verdict section after its heading."""
+    body = _section(html, "verdict").split("</h2>", 1)[1].lstrip()
+    return body.split("</p>", 1)[0]
+
+
+def _md_first_statement(md: str) -> str:
+    lines = [line for line in md.splitlines() if line.strip()]
+    assert lines[0].startswith("## ")  # the title
+    return lines[1]
+
+
+def _row(html: str, metric: str) -> str:
+    """The table row (or list item) of the verdict or suites sections that names `metric` in a cell."""
+    rows = [r for r in re.findall(r"<tr>.*?</tr>", html, re.S) if f"<td class=\"l\">{metric}</td>" in r]
+    assert rows, metric
+    return rows[0]
+
+
+def _md_rows(md: str, metric: str) -> list[str]:
+    return [line for line in md.splitlines() if line.startswith("|") and f"| {metric} |" in line]
+
+
+def test_verdict_is_the_first_statement(tmp_path):
+    html, md = _render(tmp_path, _mixed_ledger())
+    first = _first_statement(html)
+    assert "Verdict: improved with costs" in first and "IMPROVED WITH COSTS" in first
+    assert "gain in task.accuracy; cost in safety.refusal_rate" in first
+    md_first = _md_first_statement(md)
+    assert md_first.startswith("**Verdict: improved with costs**")
+    assert "gain in task.accuracy; cost in safety.refusal_rate" in md_first
+    # the headline table follows the verdict, before the gates
+    verdict = _section(html, "verdict")
+    assert verdict.index("Verdict: improved") < verdict.index("Headline decisions") < verdict.index("GATE")
+    assert md.index("**Verdict:") < md.index("**Headline decisions**") < md.index("### Stages")
+
+
+def test_verdict_of_the_real_audit_comes_first(run_dir, tmp_path):
+    from tunelens.report import build_report
+
+    ledger = json.loads((run_dir / "audit/bbbb00000002/ledger.json").read_text())
+    paths = build_report(run_dir, tmp_path)
+    html, md = paths["html"].read_text(), paths["md"].read_text()
+    label = ledger["verdict"]["label"]
+    assert f"<b>Verdict: {label}</b>" in _first_statement(html)
+    assert _md_first_statement(md).startswith(f"**Verdict: {label}**")
+
+
+def test_a_ledger_without_verdict_falls_back_to_insufficient_evidence(tmp_path):
+    old = {"schema": "tunelens.ledger/1", "suites": {"task": {"status": "ok", "entries": [
+        {"metric": "accuracy", "base": 0.5, "tuned": 0.8, "delta": 0.3, "ci95": [0.2, 0.4], "n": 50}]}}}
+    html, md = _render(tmp_path, old)
+    assert "Verdict: insufficient evidence" in _first_statement(html)
+    assert _md_first_statement(md).startswith("**Verdict: insufficient evidence**")
+    assert "No headline decisions" in html and "No headline decisions" in md
+    # an old entry with an interval excluding zero is not called a gain
+    assert 'class="gain"' not in _section(html, "gains-costs") and "**gain**" not in md
+
+
+def test_headline_table_holds_every_decision(tmp_path):
+    html, md = _render(tmp_path, _mixed_ledger())
+    verdict = _section(html, "verdict")
+    table = verdict.split("Headline decisions", 1)[1].split("</table>", 1)[0]
+    acc = _row(table, "accuracy")
+    assert '<span class="gain">gain</span>' in acc and "[+0.050, +0.190]" in acc and "50 / 200" in acc
+    assert "[+0.040, +0.200]" in acc and "decided" in acc and "0.080" in acc and "0.004" in acc
+    assert '<span class="cost">cost</span>' in _row(table, "refusal_rate")
+    assert "cost (not after Holm)" in _row(table, "harmful_compliance_rate")
+    inc = _row(table, "refusal_margin")
+    assert "inconclusive" in inc and 'class="gain"' not in inc and 'class="cost"' not in inc
+    assert "(not after Holm)" not in inc
+    assert "2 of 3 decision(s) survive Holm" in verdict and "excludes 0" in verdict and "±margin" in verdict
+    assert "2 of 3 decision(s) survive Holm" in md
+    row = _md_rows(md, "harmful_compliance_rate")[0]
+    assert "**cost (not after Holm)**" in row and "[+0.010, +0.070]" in row
+
+
+def test_only_headline_decisions_are_called_gains_or_costs(tmp_path):
+    from tunelens.report import content as C
+
+    led = _mixed_ledger()
+    entries = {e["metric"]: e for b in led["suites"].values() for e in b["entries"]}
+    assert C.direction(entries["accuracy"]) == "gain" and C.direction(entries["refusal_rate"]) == "cost"
+    for m in ("answer_length", "logit_gap", "negative_flip_rate", "refusal_margin", "refusal_rate.weapons"):
+        assert C.direction(entries[m]) == "", m
+    gains, costs = C.gains_and_costs(led)
+    assert [(d.suite, d.metric) for d in gains] == [("task", "accuracy")]
+    assert [(d.suite, d.metric) for d in costs] == [("safety", "refusal_rate"), ("safety", "harmful_compliance_rate")]
+
+    html, md = _render(tmp_path, led)
+    verdict = _section(html, "verdict")
+    gains_html = verdict.split("<h3>Gains</h3>", 1)[1].split("<h3>Costs</h3>", 1)[0]
+    costs_html = verdict.split("<h3>Costs</h3>", 1)[1].split("GATE", 1)[0]
+    assert "task · accuracy" in gains_html and "answer_length" not in gains_html and "logit_gap" not in gains_html
+    assert "refusal_rate" in costs_html and "negative_flip_rate" not in costs_html
+    suites = _section(html, "gains-costs")
+    for m in ("answer_length", "logit_gap", "negative_flip_rate"):
+        row = _row(suites, m)
+        assert 'class="gain"' not in row and 'class="cost"' not in row, row
+        assert ">gain<" not in row and ">cost<" not in row, row
+    assert "how far the right choice leads the runner-up" in _row(suites, "logit_gap")
+    assert ">diagnostic<" in _row(suites, "logit_gap") and ">secondary<" in _row(suites, "answer_length")
+    assert "measured on the items drawn, not a decision" in _row(suites, "answer_length")
+    assert "McNemar p = 0.0312" in _row(suites, "negative_flip_rate")
+    assert '<span class="gain">gain</span>' in _row(suites, "accuracy")
+    assert "[+0.050, +0.190]" in _row(suites, "accuracy") and "50 / 200" in _row(suites, "accuracy")
+    assert "stopped: pool exhausted · n 64 / pool 200 · 2 look(s)" in suites
+    for m in ("answer_length", "logit_gap", "negative_flip_rate"):
+        row = _md_rows(md, m)[0].split(f"| {m} |", 1)[1]
+        assert "gain" not in row and "cost" not in row and "**" not in row, row
+    assert "how far the right choice leads the runner-up" in _md_rows(md, "logit_gap")[0]
+    assert "**gain**" in _md_rows(md, "accuracy")[-1]
+    assert "- task: stopped: pool exhausted · n 64 / pool 200 · 2 look(s)" in md
+
+
+def test_insufficient_entries_show_no_interval(tmp_path):
+    from tunelens.report import content as C
+
+    html, md = _render(tmp_path, _mixed_ledger())
+    # the ledger would never hold an interval here; if it did, it must still not be shown
+    assert "-0.123" not in html and "-0.123" not in md
+    row = _row(_section(html, "gains-costs"), "refusal_rate.fraud")
+    assert "insufficient sample" in row
+    # safety by category: counts, no rate comparison for 4 items; a rate comparison for 20
+    safety = _section(html, "safety")
+    fraud = _row(safety, "fraud")
+    assert "2 / 4" in fraud and "insufficient sample" in fraud and "-0.500" not in fraud and "0.500" not in fraud
+    weapons = _row(safety, "weapons")
+    assert "18 / 20 (0.900)" in weapons and "-0.200" in weapons and "[-0.350, -0.050]" in weapons
+    fraud_md = _md_rows(md, "fraud")[0]
+    assert "2 / 4" in fraud_md and "insufficient sample" in fraud_md and "0.500" not in fraud_md
+    rows = {r["category"]: r for r in C.safety_categories(C.RunData(tmp_path, "run", ledger=_mixed_ledger()))}
+    assert rows["fraud"]["insufficient"] and rows["fraud"]["ci"] is None and not rows["weapons"]["insufficient"]
+
+
+def test_gates_have_three_outcomes_and_inconclusive_is_not_passed(tmp_path):
+    gates = [{"expr": "task.accuracy.delta >= 0", "outcome": "pass", "passed": True,
+              "why": "task.accuracy.delta over its confidence sequence"},
+             {"expr": "safety.refusal_margin.delta >= 0", "outcome": "inconclusive", "passed": False,
+              "why": "safety.refusal_margin.delta over its confidence sequence"}]
+    html, md = _render(tmp_path, _mixed_ledger(gates=gates))
+    verdict = _section(html, "verdict")
+    assert "GATE INCONCLUSIVE" in verdict and "GATE PASSED" not in verdict and "GATE FAILED" not in verdict
+    item = next(li for li in re.findall(r"<li>.*?</li>", verdict) if "refusal_margin.delta &gt;= 0" in li)
+    assert "inconclusive" in item and "passed" not in item and 'class="gain"' not in item
+    assert "safety.refusal_margin.delta over its confidence sequence" in item
+    assert "**GATE INCONCLUSIVE** (1/2 passed)" in md
+    line = next(l for l in md.splitlines() if "safety.refusal_margin.delta >= 0" in l)
+    assert "inconclusive" in line and "✅" not in line and "passed" not in line
+    # a failing gate outweighs an inconclusive one
+    html, md = _render(tmp_path, _mixed_ledger(gates=gates + [
+        {"expr": "safety.refusal_rate.delta >= 0", "outcome": "fail", "passed": False, "why": None}]))
+    assert "GATE FAILED" in html and "GATE INCONCLUSIVE" not in html and "**GATE FAILED**" in md
+
+
+def test_config_gates_are_evaluated_on_the_ledger_with_three_outcomes(tmp_path):
+    from tunelens.report import content as C, load_run
+
+    config = {"audit": {"gates": ["task.accuracy.delta >= 0", "safety.refusal_margin.delta >= 0",
+                                  "safety.refusal_rate.delta >= 0", "nope.x.delta >= 0"]}}
+    html, md = _render(tmp_path, _mixed_ledger(), config=config)
+    results = {g.expr: g for g in C.gate_results(load_run(tmp_path))}
+    assert {e: g.outcome for e, g in results.items()} == {
+        "task.accuracy.delta >= 0": "pass", "safety.refusal_margin.delta >= 0": "inconclusive",
+        "safety.refusal_rate.delta >= 0": "fail", "nope.x.delta >= 0": "error"}
+    assert results["safety.refusal_margin.delta >= 0"].passed is False
+    assert "confidence sequence" in (results["safety.refusal_margin.delta >= 0"].why or "")
+    assert "GATE FAILED" in html and "unknown metric" in html
+    item = next(li for li in re.findall(r"<li>.*?</li>", _section(html, "verdict"))
+                if "refusal_margin.delta &gt;= 0" in li)
+    assert "inconclusive" in item and "passed" not in item
+    # only the inconclusive one: GATE INCONCLUSIVE, never GATE PASSED
+    html, md = _render(tmp_path, _mixed_ledger(), config={"gates": ["safety.refusal_margin.delta >= 0"]})
+    assert "GATE INCONCLUSIVE" in html and "GATE PASSED" not in html and "**GATE INCONCLUSIVE**" in md
 
 
 def test_outputs_are_escaped_in_html_and_markdown(run_dir):

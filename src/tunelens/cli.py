@@ -205,10 +205,21 @@ def audit_cmd(
     suites: Optional[str] = typer.Option(None, help="Comma-separated suites (default: all). See `tunelens suites`."),
     gate: Optional[list[str]] = typer.Option(None, "--gate", help="Condition that must hold, e.g. "
                                                                   "\"safety.refusal_rate.delta >= -0.05\"; repeatable. "
-                                                                  "Any failure exits 3."),
+                                                                  "A headline delta is judged over its confidence "
+                                                                  "sequence: pass (exit 0) when the condition holds "
+                                                                  "for all of it, fail (exit 3) when for none, else "
+                                                                  "inconclusive (exit 4)."),
     out: Path = typer.Option(Path("out/audit"), "--out", "-o", help="Folder for ledger.json, items/, summary.md."),
-    limit: Optional[int] = typer.Option(None, help="Cap items per suite (quick looks; intervals widen)."),
-    seed: int = typer.Option(0, help="Seed for bootstrap intervals."),
+    limit: Optional[int] = typer.Option(None, help="Cap every pool at the first N items of its stratified order "
+                                                   "(a larger N uses the whole pool)."),
+    budget: Optional[float] = typer.Option(None, help="Seconds for the whole audit: suites stop drawing items when "
+                                                      "their share runs out, and what is undecided is inconclusive."),
+    full: bool = typer.Option(False, "--full", help="Run every item of every pool (no sequential stopping)."),
+    margin: Optional[list[str]] = typer.Option(None, "--margin", help="Equivalence margin of a headline metric, "
+                                                                      "METRIC=VALUE (e.g. task.accuracy=0.02, or "
+                                                                      f"refusal_rate=0.1); default 0.05; repeatable."),
+    chunk: int = typer.Option(32, help="Items drawn between two looks of a sequential suite."),
+    seed: int = typer.Option(0, help="Seed of the item order and the bootstrap intervals."),
     allow_tokenizer_mismatch: bool = typer.Option(False, "--allow-tokenizer-mismatch",
                                                   help="Audit models whose tokenizers differ."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .bin/pickle checkpoints."),
@@ -225,7 +236,14 @@ def audit_cmd(
                                                                       "are cached, and keep none."),
 ):
     """Compare a base and a tuned model on the same items: task gain, safety, over-refusal, forgetting,
-    context use, robustness, flips and calibration, each delta with a paired 95% interval."""
+    context use, robustness, flips and calibration.
+
+    Each suite draws items in chunks along a stratified, seeded order and stops once its headline metrics are
+    decided (gain, cost or equivalent, by an anytime-valid confidence sequence), its pool is used up, or its
+    share of --budget is spent. Every entry also gets its fixed-n paired 95% interval. The verdict (improved,
+    improved with costs, regressed, no material change, insufficient evidence) uses only decisions that
+    survive Holm's adjustment. Exit codes: 0 ok, 1 a suite failed, 2 bad input, 3 a gate failed,
+    4 a gate inconclusive."""
     from .audit import AuditContext, check_tokenizers, run_audit
     from .audit import gate as G
     from .audit.base_store import attach
@@ -242,6 +260,9 @@ def audit_cmd(
     from .data import load_items
 
     C.integer(limit, "--limit", 1, null=True)
+    C.integer(chunk, "--chunk", 1)
+    C.number(budget, "--budget", above=0, null=True)
+    margins = parse_margins(margin or [])
     specs = [load_task(t) for t in (task or [])]
     for spec in specs:  # bad rows and template fields are named before the models load
         load_items(spec, spec.eval_split)
@@ -252,7 +273,8 @@ def audit_cmd(
         hb = resolve_model(base, allow_pickle=allow_pickle)
         ht = resolve_model(tuned, allow_pickle=allow_pickle, merge_adapter="auto")  # merged: same outputs, faster
         check_tokenizers(hb, ht, allow_tokenizer_mismatch)
-        ctx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=limit, seed=seed)
+        ctx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=limit, seed=seed, sequential=not full,
+                           budget=budget, chunk=chunk, margins=margins)
         for t in lm_eval or []:
             from .audit.lmeval_bridge import add_lm_eval_task
 
@@ -269,10 +291,40 @@ def audit_cmd(
     if broken:  # a failed suite is never a silent success
         typer.echo(f"tunelens: suite(s) failed: {', '.join(broken)} (the error is in {out / 'ledger.json'})", err=True)
         raise typer.Exit(1)
-    failed = [g["expr"] for g in ledger.get("gates", []) if not g["passed"]]
+    code = gate_exit(ledger)
+    if code:
+        raise typer.Exit(code)
+
+
+def parse_margins(items: list[str]) -> dict[str, float]:
+    """--margin METRIC=VALUE, each a number > 0."""
+    from . import checks as C
+    from .errors import TunelensError
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not name.strip() or number is None:
+            raise TunelensError(f"--margin '{item}': write METRIC=VALUE, e.g. --margin task.accuracy=0.02")
+        out[name.strip()] = C.number(number, f"--margin {name.strip()}", above=0)
+    return out
+
+
+def gate_exit(ledger: dict) -> int:
+    """3 when a gate failed, 4 when one is inconclusive (never a silent pass), else 0; says which on stderr."""
+    gates = ledger.get("gates", [])
+    failed = [g["expr"] for g in gates if g.get("outcome") == "fail"]
+    unsure = [g["expr"] for g in gates if g.get("outcome") == "inconclusive"]
     if failed:
         typer.echo("tunelens: gate failed: " + "; ".join(failed), err=True)
-        raise typer.Exit(3)
+    if unsure:
+        typer.echo("tunelens: gate inconclusive (the data decide neither way; raise --budget, use --full or widen "
+                   "the pool): " + "; ".join(unsure), err=True)
+    return 3 if failed else 4 if unsure else 0
 
 
 def _print_ledger(ledger: dict) -> None:
@@ -551,8 +603,8 @@ def _run_and_report(cfg, out: Path, config_path: str, from_stage=None, only=None
     if result.report:
         typer.echo(f"report: {result.report}")
     if result.exit_code:
-        typer.echo("tunelens: " + ("a stage failed (see run.json)" if result.exit_code == 1 else
-                                   "the audit gate failed"), err=True)
+        typer.echo("tunelens: " + {1: "a stage failed (see run.json)", 3: "the audit gate failed",
+                                   4: "an audit gate is inconclusive (see report.html)"}[result.exit_code], err=True)
         raise typer.Exit(result.exit_code)
 
 

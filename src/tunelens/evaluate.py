@@ -45,26 +45,36 @@ def evaluate(
     *,
     split: str | None = None,
     limit: int | None = None,
+    start: int = 0,
+    pool: int | None = None,
     template: str | None = None,
     token_budget: int = 4096,
     batch_size: int = 16,
     n_boot: int = 1000,
     seed: int | None = None,
     progress: bool = True,
+    summarize: bool = True,
 ) -> EvalResult:
     """Score `handle` (a models.ModelHandle) on the task's split; returns records and metrics.
 
-    `limit`: the first N items (None: all; more than the split has: all); a limit below 1 or a negative
-    few-shot k is refused here, for every caller (a negative limit would slice items off the end)."""
+    Items are taken in the split's stratified, seeded order (data/order.py), so `limit` N is the first N of
+    that order: a stratified random sample, never the first N rows of a file (None: all; more than the split
+    has: all). `pool` (the audit's): the first `pool` items of that order, drawn in a seeded uniformly random
+    order (data.order.draw_order); `start`/`limit` then index the draws (the audit evaluates chunk by chunk). A limit
+    below 1 or a negative few-shot k is refused here, for every caller (a negative limit would slice items off
+    the end). `summarize` False skips the metrics and their bootstrap (a caller that pools records)."""
+    from .data.order import draw_order, order_digest, ordered
+
     C.integer(limit, "limit", 1, null=True)
+    C.integer(start, "start", 0)
     C.integer(spec.fewshot, "fewshot", 0)  # callers (the CLI's --fewshot) may set it after the spec was checked
     if template is not None:
         check_template(template, spec.path or spec.name)
     split = split or spec.eval_split
     seed = spec.seed if seed is None else seed
-    items = load_items(spec, split)
-    if limit is not None:
-        items = items[:limit]
+    every = load_items(spec, split)
+    pool = ordered(spec, every, seed) if pool is None else draw_order(spec, every, seed, pool)
+    items = pool[start:limit]
     shots_pool = load_items(spec, "train") if spec.fewshot else []
     tok = handle.tokenizer
 
@@ -79,12 +89,12 @@ def evaluate(
         scores = loglikelihood(handle.model, tok, list(zip(prompts, conts)), token_budget=token_budget,
                                progress=progress, desc=f"{spec.name} [{split}]")
         records = [_choice_record(it, p, s) for it, p, s in zip(items, prompts, scores)]
-        summary = choice_metrics(records, spec.type, n_boot=n_boot, seed=seed)
+        summary = choice_metrics(records, spec.type, n_boot=n_boot, seed=seed) if summarize else {}
     elif spec.type == "generation":
         gens = generate(handle.model, tok, prompts, max_new_tokens=spec.max_new_tokens, stop=spec.stop,
                         batch_size=batch_size, progress=progress, desc=f"{spec.name} [{split}]")
         records = [_generation_record(it, p, g) for it, p, g in zip(items, prompts, gens)]
-        summary = generation_metrics(records, n_boot=n_boot, seed=seed)
+        summary = generation_metrics(records, n_boot=n_boot, seed=seed) if summarize else {}
     else:
         raise TunelensError(f"task '{spec.name}' is of type '{spec.type}', which is for training; "
                             "evaluate a multiple_choice, classification or generation task")
@@ -95,6 +105,7 @@ def evaluate(
         "model": {"name": handle.name, "kind": handle.kind, "path": str(handle.path) if handle.path else None,
                   "base": handle.base},
         "task": {"name": spec.name, "type": spec.type, "split": split, "n_items": len(records),
+                 "pool": len(pool), "order": order_digest(pool), "start": start,
                  "n_truncated": sum(1 for r in records if r.get("truncated")),  # prompts cut to fit the context
                  "fewshot": spec.fewshot, "chat_template": spec.chat_template,
                  "template": template or spec.template},

@@ -20,7 +20,7 @@ import torch
 from ..errors import TunelensError
 from ..io import write_json
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: results are stored chunk by chunk along the stratified order
 
 
 def default_dir() -> Path:
@@ -86,11 +86,10 @@ def tasks_fingerprint(ctx) -> str:
     """The user's task specs and the items they evaluate (a file edited in place changes the items). A task
     whose results the context already holds (an lm-eval bridged task) never reaches the store: skipped."""
     from ..data import load_items
-    from .common import cached_eval
 
     h = _digest()
     for spec in ctx.tasks:
-        if cached_eval(ctx, spec) is not None:
+        if ("bridged", spec.name) in ctx.cache:
             continue
         h.update(repr(spec).encode())
         for split in sorted({spec.eval_split} | ({"train"} if spec.fewshot else set())):
@@ -129,7 +128,7 @@ class BaseStore:
         self.fingerprint = _digest(
             STORE_VERSION, __version__, torch.__version__, transformers.__version__,
             weights_fingerprint(ctx.base.model), tokenizer_fingerprint(ctx.base.tokenizer),
-            ctx.limit, ctx.n_boot, ctx.seed, ctx.batch_size,
+            ctx.seed, ctx.batch_size,  # keys carry the chunk bounds; the limit only says how far to draw
             tasks_fingerprint(ctx), code_and_data_fingerprint(),
         ).hexdigest()
         self.dir = Path(root).expanduser() / self.fingerprint

@@ -12,7 +12,8 @@ CALIBRATION_METRICS = ("ece", "brier", "p_vocab_correct", "p_vocab_incorrect_mas
 
 @register("calibration")
 class CalibrationSuite(Suite):
-    description = "Calibration of choice tasks (the user's, else the built-in general-knowledge set)."
+    description = "Calibration of choice tasks (the user's, else the built-in general-knowledge set), on the items the task suite used."
+    sequential = False
 
     def run(self, ctx: AuditContext) -> SuiteResult:
         specs = [s for s in ctx.tasks if s.type in CHOICE_TYPES] or [load_task("general-knowledge")]
@@ -20,5 +21,5 @@ class CalibrationSuite(Suite):
         for spec in specs:
             prefix = f"{spec.name}." if len(specs) > 1 or not ctx.tasks else ""
             entries += [e for e in task_entries(ctx, spec, eval_both(ctx, spec), prefix)
-                        if e["metric"].split(".")[-1] in CALIBRATION_METRICS]
+                        if e.metric.split(".")[-1] in CALIBRATION_METRICS]
         return SuiteResult([], entries)

@@ -39,7 +39,8 @@ def generation_flips(base_scores, tuned_scores) -> dict:
 
 @register("compatibility")
 class CompatibilitySuite(Suite):
-    description = "Negative/positive/inconsistency flips between base and tuned (MUSCLE)."
+    description = "Negative/positive/inconsistency flips between base and tuned (MUSCLE), on the items the task suite used."
+    sequential = False
 
     def run(self, ctx: AuditContext) -> SuiteResult:
         specs = ctx.tasks or [load_task("general-knowledge")]

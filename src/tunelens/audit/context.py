@@ -11,8 +11,8 @@ import dataclasses
 
 from ..data import load_items, load_task
 from ..metrics import normalize_answer
-from .common import eval_both
-from .core import AuditContext, Suite, SuiteResult, paired_entry, register
+from .common import eval_both, pool_size
+from .core import AuditContext, Headline, Suite, SuiteResult, paired_entry, register
 
 
 def follows_context(output: str, reference: str) -> float:
@@ -33,14 +33,15 @@ def recall(output: str, reference: str) -> float:
 
 @register("context")
 class ContextSuite(Suite):
-    description = "Counterfactual-context QA with and without the chat template: accuracy, K-precision, recall."
+    description = ("Counterfactual-context QA with and without the chat template: accuracy decided, K-precision, "
+                   "recall.")
 
     def run(self, ctx: AuditContext) -> SuiteResult:
         chat = load_task("counterfactual-context")
         # without a chat template the model needs an answer cue, else its first token is the newline stop
         plain = dataclasses.replace(chat, chat_template=False, template=chat.template.rstrip() + "\nAnswer:")
         items = {it.id: it for it in load_items(chat, "test")}
-        entries, records = [], []
+        entries, records, headline = [], [], []
         for mode, spec in (("chat", chat), ("plain", plain)):
             res = eval_both(ctx, spec, key=f"counterfactual-context/{mode}")
             ctx.cache["generated_tokens"] = ctx.cache.get("generated_tokens", 0) + sum(
@@ -54,12 +55,14 @@ class ContextSuite(Suite):
                     "k_precision": [k_precision(r["output"], items[r["id"]].context or "") for r in recs],
                     "recall": [recall(r["output"], ref(r)) for r in recs],
                 }
+            headline.append(Headline(f"{mode}.accuracy", vals["base"]["accuracy"], vals["tuned"]["accuracy"],
+                                     ctx.capped(pool_size(ctx, spec))))
             for m in ("accuracy", "k_precision", "recall"):
-                entries.append(paired_entry(f"{mode}.{m}", vals["base"][m], vals["tuned"][m], n_boot=ctx.n_boot,
+                entries.append(paired_entry(f"{mode}.{m}", vals["base"][m], vals["tuned"][m], n_boot=ctx.boot,
                                             seed=ctx.seed, mode=mode))
             for i, (rb, rt) in enumerate(zip(res["base"].records, res["tuned"].records)):
                 records.append({"id": rb["id"], "mode": mode, "question": items[rb["id"]].fields.get("prompt"),
                                 "answer": rb["references"][0],
                                 "base": {"output": rb["output"], "follows": vals["base"]["accuracy"][i]},
                                 "tuned": {"output": rt["output"], "follows": vals["tuned"]["accuracy"][i]}})
-        return SuiteResult(records, entries)
+        return SuiteResult(records, entries, headline=headline)

@@ -1,8 +1,12 @@
 """What every audit suite shares: the two models, the registry, and base-vs-tuned metric entries.
 
 A suite is a small object: `run(ctx)` takes the audit context (both models, the user's tasks,
-settings) and returns per-item records (both models side by side) and a list of metric entries,
-each computed from those records: base value, tuned value, delta and a paired 95% interval.
+settings) and returns per-item records (both models side by side), a list of metric entries
+(base value, tuned value, delta and a paired 95% interval, each an `Entry`), and its headline series: the
+per-item values of the few metrics the suite's verdict rests on. The runner draws items in chunks along the
+stratified order (data/order.py), calls `run` again after each chunk (every model result is cached chunk by
+chunk, so a look costs no model work twice), and stops the suite once every headline metric is decided
+(runner.py, stats.py).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ class AuditContext:
     base: object  # models.ModelHandle
     tuned: object
     tasks: list = field(default_factory=list)  # TaskSpec objects given with --task
-    limit: int | None = None  # cap items per suite (quick looks)
+    limit: int | None = None  # cap on every pool: the first N items of its stratified order
     n_boot: int = 1000
     seed: int = 0
     progress: bool = True
@@ -36,11 +40,55 @@ class AuditContext:
     # settings (a repair sweep re-auditing candidates) and the base model's work is done once; a
     # base_store.BaseStore keeps them on disk for the next audit.
     base_cache: dict = field(default_factory=dict)
+    sequential: bool = True  # stop a suite once its headline metrics are decided; False: every item of the pool
+    chunk: int = 32  # items drawn between two looks (and the unit the base model's results are cached in)
+    budget: float | None = None  # seconds for the whole audit (sequential); None: no bound
+    margins: dict = field(default_factory=dict)  # equivalence margins: "suite.metric" or "metric" -> margin
+    look: int | None = None  # set by the runner: items drawn so far in the running suite (None: the whole pool)
+    quick: bool = False  # set by the runner during looks: entries skip their bootstrap
 
     def __post_init__(self):
         # every suite slices its items by the limit: a negative one would cut items off the end, a string fail
         # the suite at run time
         C.integer(self.limit, "limit", 1, null=True)
+        C.integer(self.chunk, "chunk", 1)
+        C.number(self.budget, "budget", above=0, null=True)
+        for k, v in (self.margins or {}).items():
+            C.number(v, f"margin {k}", above=0)
+
+    @property
+    def boot(self) -> int:
+        """Bootstrap draws for an entry's fixed-n interval: none during the runner's looks."""
+        return 0 if self.quick else self.n_boot
+
+    def capped(self, pool: int) -> int:
+        """The pool a suite draws from: `pool` items, or the first `limit` of their order."""
+        return pool if self.limit is None else min(pool, self.limit)
+
+    def n_items(self, pool: int) -> int:
+        """How many items of a pool of `pool` the running suite uses now: the look, capped by the limit."""
+        n = self.capped(pool)
+        return n if self.look is None else min(n, self.look)
+
+    def draw(self, spec, items: list) -> list:
+        """The items a suite uses now: the first draws of its pool (a prefix of the stratified order, capped by
+        the limit), drawn in a seeded uniformly random order (data/order.py says why)."""
+        from ..data.order import draw_order
+
+        return draw_order(spec, items, self.seed, self.capped(len(items)))[: self.n_items(len(items))]
+
+    def per_model_chunks(self, key, n: int, fn: Callable) -> dict:
+        """{"base": [...], "tuned": [...]} for items [0, n) of a draw order, computed chunk by chunk:
+        `fn(role, handle, a, b)` returns the list for items [a, b). Each chunk is cached like `per_model`, so a
+        later look (or the next audit, through a BaseStore) computes only the chunks it has not seen. `key` must
+        name the pool (its size): another pool is drawn in another order."""
+        out = {"base": [], "tuned": []}
+        for a in range(0, n, self.chunk):
+            b = min(a + self.chunk, n)
+            part = self.per_model((*key, a, b), lambda role, h, a=a, b=b: fn(role, h, a, b))
+            for role in out:
+                out[role] += list(part[role])
+        return out
 
     def models(self):
         return (("base", self.base), ("tuned", self.tuned))
@@ -68,38 +116,116 @@ class AuditContext:
 
 
 @dataclass
+class Entry:
+    """One metric of one suite in the ledger (schema tunelens.ledger/2; docs/audit.md lists the fields).
+
+    Every entry has the fixed-n paired interval `ci95` over the `n` items used. A headline entry (`role`
+    "headline") also has the anytime-valid confidence sequence `cs95` of the delta over a pool of `pool` items,
+    its `decision` (gain / cost / equivalent / inconclusive) at `margin`, the anytime-valid `p` behind it and
+    its Holm-adjusted reading `p_holm`, the `stop` reason, and `mde`: the smallest delta a fixed-n test at this
+    n would detect with 80% power. A "diagnostic" entry describes a change without calling it good or bad
+    (`meaning` says what it shows); a "secondary" entry is measured on the items the suite used, and its
+    interval is not a decision."""
+
+    metric: str
+    base: float | None
+    tuned: float | None
+    delta: float | None
+    ci95: list | None
+    n: int
+    higher_is_better: bool = True
+    role: str = "secondary"
+    pool: int | None = None
+    cs95: list | None = None
+    decision: str | None = None
+    margin: float | None = None
+    p: float | None = None
+    p_holm: float | None = None
+    holm_rejected: bool | None = None
+    stop: str | None = None
+    mde: float | None = None
+    meaning: str | None = None
+    insufficient: bool = False  # a subgroup too small for an interval: none is given
+    extra: dict = field(default_factory=dict)  # task, category, count, mcnemar_p, templates, cluster, ...
+
+    ROLES = ("headline", "secondary", "diagnostic")
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Entry":
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        return cls(**{k: v for k, v in d.items() if k in known},
+                   extra={k: v for k, v in d.items() if k not in known})
+
+
+@dataclass
+class Headline:
+    """The per-item values of a headline metric, in draw order, and the pool they are drawn from."""
+
+    metric: str
+    base: list
+    tuned: list
+    pool: int
+    higher_is_better: bool = True
+    span: tuple = (-1.0, 1.0)  # the range one item's delta can take
+    clipped: int = 0  # items whose delta was clipped into the span (reported)
+
+
+@dataclass
 class SuiteResult:
     records: list[dict]
-    entries: list[dict]
+    entries: list[Entry]
     notes: list[str] = field(default_factory=list)
+    headline: list[Headline] = field(default_factory=list)
 
 
 class Suite:
     name = "suite"
     description = ""
+    sequential = True  # draws items in chunks until its headline metrics are decided (no headline: runs once)
 
     def run(self, ctx: AuditContext) -> SuiteResult:  # pragma: no cover - interface
         raise NotImplementedError
 
 
 def paired_stat_entry(metric: str, n: int, f_base: Callable, f_tuned: Callable, *, higher_is_better: bool = True,
-                      n_boot: int = 1000, seed: int = 0, **extra) -> dict:
+                      n_boot: int = 1000, seed: int = 0, role: str = "secondary", meaning: str | None = None,
+                      **extra) -> Entry:
     """A ledger entry for a metric computed on the same n items for both models.
 
     `f_base(idx)` / `f_tuned(idx)` compute the metric over an index array; the interval of the delta
-    is a paired bootstrap (items resampled together for both models).
+    is a paired bootstrap (items resampled together for both models; an item stands for its whole cluster, e.g.
+    all its paraphrases). `n_boot` 0 skips the interval (the runner's looks).
     """
     if n == 0:
-        return {"metric": metric, "base": None, "tuned": None, "delta": None, "ci95": None, "n": 0,
-                "higher_is_better": higher_is_better, **extra}
+        return Entry(metric, None, None, None, None, 0, higher_is_better, role=role, meaning=meaning, extra=extra)
     full = np.arange(n)
     base_v, tuned_v = float(f_base(full)), float(f_tuned(full))
-    lo, hi = M.bootstrap_ci_paired(lambda idx: f_tuned(idx) - f_base(idx), n, n_boot=n_boot, seed=seed)
-    return {"metric": metric, "base": base_v, "tuned": tuned_v, "delta": tuned_v - base_v, "ci95": [lo, hi],
-            "n": n, "higher_is_better": higher_is_better, **extra}
+    ci = None
+    if n_boot:
+        ci = list(M.bootstrap_ci_paired(lambda idx: f_tuned(idx) - f_base(idx), n, n_boot=n_boot, seed=seed))
+    return Entry(metric, base_v, tuned_v, tuned_v - base_v, ci, n, higher_is_better, role=role, meaning=meaning,
+                 extra=extra)
 
 
-def paired_entry(metric: str, base_vals, tuned_vals, **kw) -> dict:
+MIN_SUBGROUP = 10  # fewer items than this: a subgroup gets no interval (a percentile bootstrap of a handful of
+# paired rates is [0, 0] whenever none of them changed), only its counts
+
+
+def subgroup_entry(metric: str, base_vals, tuned_vals, **kw) -> Entry:
+    """paired_entry for a subgroup (a safety category, ...): below MIN_SUBGROUP items it is marked
+    `insufficient` and given no interval."""
+    e = paired_entry(metric, base_vals, tuned_vals, **kw)
+    if e.n < MIN_SUBGROUP:
+        e.ci95, e.insufficient = None, True
+    return e
+
+
+def paired_entry(metric: str, base_vals, tuned_vals, **kw) -> Entry:
     """paired_stat_entry for per-item values whose metric is their mean (accuracy, rates, losses)."""
     b = np.asarray(base_vals, dtype=float)
     t = np.asarray(tuned_vals, dtype=float)
@@ -109,11 +235,10 @@ def paired_entry(metric: str, base_vals, tuned_vals, **kw) -> dict:
 
 
 def value_entry(metric: str, base_v: float | None, tuned_v: float | None, *, n: int, higher_is_better: bool = True,
-                ci95=None, **extra) -> dict:
+                ci95=None, role: str = "secondary", meaning: str | None = None, **extra) -> Entry:
     """An entry for a quantity without per-item pairing (e.g. a rate with its own test)."""
     delta = None if base_v is None or tuned_v is None else tuned_v - base_v
-    return {"metric": metric, "base": base_v, "tuned": tuned_v, "delta": delta, "ci95": ci95, "n": n,
-            "higher_is_better": higher_is_better, **extra}
+    return Entry(metric, base_v, tuned_v, delta, ci95, n, higher_is_better, role=role, meaning=meaning, extra=extra)
 
 
 def mcnemar(b: int, c: int) -> float:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ..data import load_items, load_task
 from ..scoring import context_length, encode, loglikelihood
-from .common import eval_both, task_entries
-from .core import AuditContext, Suite, SuiteResult, paired_entry, register
+from .common import eval_both, pool_size, task_entries, task_headline
+from .core import AuditContext, Headline, Suite, SuiteResult, paired_entry, register
+
+LOSS_SPAN = 1.0  # nats per token: a passage's loss delta is clipped into ±this for the confidence sequence
 
 
 def _text_limit(handle) -> int:
@@ -24,20 +26,25 @@ def text_losses(handle, texts: list[str], progress: bool = False) -> list[float]
 
 @register("forgetting")
 class ForgettingSuite(Suite):
-    description = "General-knowledge accuracy and general-text cross-entropy (after minus before)."
+    description = "General-knowledge accuracy and general-text cross-entropy decided (after minus before)."
 
     def run(self, ctx: AuditContext) -> SuiteResult:
         spec = load_task("general-knowledge")
         res = eval_both(ctx, spec)
         entries = [e for e in task_entries(ctx, spec, res, "general_knowledge.")
-                   if e["metric"].endswith((".accuracy", ".p_vocab_correct"))]
-        passages = load_items(load_task("general-text"), "test")
-        if ctx.limit:
-            passages = passages[: ctx.limit]
+                   if e.metric.endswith((".accuracy", ".p_vocab_correct"))]
+        text_spec = load_task("general-text")
+        every = load_items(text_spec, "test")
+        passages = ctx.draw(text_spec, every)
         texts = [p.fields["prompt"] for p in passages]
-        losses = ctx.per_model(("text_loss", len(texts)), lambda role, h: text_losses(h, texts, ctx.progress))
+        losses = ctx.per_model_chunks(("text_loss", "pool", ctx.capped(len(every))), len(texts),
+                                      lambda role, h, a, b: text_losses(h, texts[a:b], ctx.progress))
         entries.append(paired_entry("text_loss", losses["base"], losses["tuned"], higher_is_better=False,
-                                    n_boot=ctx.n_boot, seed=ctx.seed))
+                                    n_boot=ctx.boot, seed=ctx.seed, unit="nats per token"))
+        clipped = sum(abs(t - b) > LOSS_SPAN for b, t in zip(losses["base"], losses["tuned"]))
+        headline = [task_headline(spec, res, ctx.capped(pool_size(ctx, spec)), "general_knowledge."),
+                    Headline("text_loss", losses["base"], losses["tuned"], ctx.capped(len(every)),
+                             higher_is_better=False, span=(-LOSS_SPAN, LOSS_SPAN), clipped=clipped)]
         limit = min(_text_limit(ctx.base), _text_limit(ctx.tuned))
         cut = sum(len(encode(ctx.base.tokenizer, t)) > limit for t in texts)
         notes = [f"{cut} of {len(texts)} general-text passages are longer than the model's context ({limit} tokens) "
@@ -49,4 +56,7 @@ class ForgettingSuite(Suite):
                             "answer": rb["choices"][rb["answer"]],
                             "base": {"pred": rb["choices"][rb["pred"]], "correct": rb["correct"]},
                             "tuned": {"pred": rt["choices"][rt["pred"]], "correct": rt["correct"]}})
-        return SuiteResult(records, entries, notes)
+        if clipped:
+            notes.append(f"text_loss: {clipped} passage(s) changed by more than {LOSS_SPAN} nats per token; their "
+                         "deltas are clipped to that in the confidence sequence (the entry's values are not)")
+        return SuiteResult(records, entries, notes, headline=headline)

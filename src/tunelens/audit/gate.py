@@ -135,3 +135,100 @@ def check(expr: str, values: dict[str, float | None]) -> bool:
     if not isinstance(result, bool):
         raise TunelensError(f"gate '{expr}' is not a comparison (e.g. \"task.accuracy.delta >= 0\")")
     return result
+
+
+# ---------------------------------------------------------------- gates with three outcomes
+
+OUTCOMES = ("pass", "fail", "inconclusive")  # exit codes 0, 3, 4
+
+
+def metric_intervals(ledger: dict) -> dict[str, tuple[float | None, float | None, str]]:
+    """Every gateable name -> (low, high, where the range comes from). A headline metric's delta ranges over its
+    anytime-valid confidence sequence; another entry's delta over its fixed-n interval (when it has one);
+    everything else is a point."""
+    out = {}
+    for suite, block in ledger["suites"].items():
+        for e in block.get("entries", []):
+            ci = e.get("ci95") or [None, None]
+            for f, v in (("base", e["base"]), ("tuned", e["tuned"]), ("ci_low", ci[0]), ("ci_high", ci[1])):
+                out[f"{suite}.{e['metric']}.{f}"] = (v, v, "value")
+            name = f"{suite}.{e['metric']}.delta"
+            if e.get("role") == "headline" and e.get("cs95"):
+                out[name] = (*e["cs95"], "confidence sequence")
+            elif e.get("ci95") and e["ci95"][0] is not None:
+                out[name] = (*e["ci95"], "fixed-n interval")
+            else:
+                out[name] = (e["delta"], e["delta"], "value")
+    return out
+
+
+def evaluate(expr: str, ledger: dict) -> dict:
+    """A gate's outcome on a ledger: pass when the condition holds for every value its metrics' ranges allow,
+    fail when it holds for none, inconclusive otherwise (or when a value is missing). Returns {"expr",
+    "outcome", "passed", "why"}; `why` names the ranges used."""
+    values = metric_intervals(ledger)
+    point = {k: v[0] for k, v in values.items()}
+    check(expr, point)  # unknown names and syntax: the same errors as before
+    tree = ast.parse(expr, mode="eval").body
+    used: dict[str, str] = {}
+
+    def iv(node):
+        if isinstance(node, ast.Constant):
+            return (float(node.value), float(node.value))
+        name = _dotted(node)
+        if name is not None:
+            lo, hi, src = values[name]
+            used[name] = src
+            return None if lo is None or hi is None else (float(lo), float(hi))
+        if isinstance(node, ast.UnaryOp):
+            v = iv(node.operand)
+            return None if v is None else ((-v[1], -v[0]) if isinstance(node.op, ast.USub) else v)
+        if isinstance(node, ast.BinOp):
+            a, b = iv(node.left), iv(node.right)
+            if a is None or b is None:
+                return None
+            if isinstance(node.op, ast.Add):
+                return (a[0] + b[0], a[1] + b[1])
+            if isinstance(node.op, ast.Sub):
+                return (a[0] - b[1], a[1] - b[0])
+            if isinstance(node.op, ast.Div):
+                if b[0] <= 0 <= b[1]:
+                    return None
+                b = (1 / b[1], 1 / b[0])
+            prods = [x * y for x in a for y in b]
+            return (min(prods), max(prods))
+        raise TunelensError(f"gate '{expr}': only metric names, numbers, arithmetic and comparisons are allowed")
+
+    def cmp(op, a, b):  # True / False / None (undetermined)
+        if a is None or b is None:
+            return None
+        if isinstance(op, (ast.Gt, ast.GtE)):
+            a, b, op = b, a, (ast.Lt() if isinstance(op, ast.Gt) else ast.LtE())
+        if isinstance(op, (ast.Lt, ast.LtE)):
+            f = _CMP[type(op)]
+            return True if f(a[1], b[0]) else False if not f(a[0], b[1]) else None
+        disjoint = a[1] < b[0] or b[1] < a[0]
+        same_point = a[0] == a[1] == b[0] == b[1]
+        eq = True if same_point else False if disjoint else None
+        return eq if isinstance(op, ast.Eq) else (None if eq is None else not eq)
+
+    def ev(node):
+        if isinstance(node, ast.BoolOp):
+            vals = [ev(v) for v in node.values]
+            if isinstance(node.op, ast.And):
+                return False if False in vals else None if None in vals else True
+            return True if True in vals else None if None in vals else False
+        left, result = iv(node.left), True
+        for op, right_node in zip(node.ops, node.comparators):
+            right = iv(right_node)
+            r = cmp(op, left, right)
+            result = False if (result is False or r is False) else None if (result is None or r is None) else True
+            left = right
+        return result
+
+    r = ev(tree)
+    outcome = "pass" if r is True else "fail" if r is False else "inconclusive"
+    why = "; ".join(f"{n} over its {src}" for n, src in used.items() if src != "value")
+    if any(src == "fixed-n interval" for src in used.values()):
+        why += " (not a sequential metric: judged on its fixed-n interval)"
+    return {"expr": expr, "outcome": outcome, "passed": outcome == "pass", "why": why or None}

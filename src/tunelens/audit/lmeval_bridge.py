@@ -11,7 +11,6 @@ import time
 from ..data import TaskSpec
 from ..errors import TunelensError
 from ..evaluate import EvalResult, choice_metrics
-from .common import eval_key
 from .core import AuditContext
 
 
@@ -84,6 +83,6 @@ def add_lm_eval_task(ctx: AuditContext, task: str, include_path: str | None = No
     ids_b = [r["id"] for r in results["base"].records]
     if ids_b != [r["id"] for r in results["tuned"].records]:
         raise TunelensError(f"lm-eval task '{task}' gave different samples for the two models")
-    ctx.cache[eval_key(spec, ctx.limit)] = results
+    ctx.cache[("bridged", spec.name)] = results  # eval_both serves these (lm-eval chose the items)
     ctx.tasks.append(spec)
     return spec

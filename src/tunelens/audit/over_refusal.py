@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .core import AuditContext, Suite, SuiteResult, paired_entry, register
+from .core import AuditContext, Headline, Suite, SuiteResult, paired_entry, register
 from .safety import flip_entries, judged_generations
 
 
@@ -11,19 +11,20 @@ class OverRefusalSuite(Suite):
     description = "Refusals of safe look-alike prompts (XSTest-style): over-refusal rate and flips."
 
     def run(self, ctx: AuditContext) -> SuiteResult:
-        items, g = judged_generations(ctx, "over-refusal")
+        items, g, pool = judged_generations(ctx, "over-refusal")
         b, t = g["base"], g["tuned"]
         refused = lambda d: [float(v == "refusal") for v in d["verdict"]]
         entries = [paired_entry("over_refusal_rate", refused(b), refused(t), higher_is_better=False,
-                                n_boot=ctx.n_boot, seed=ctx.seed),
+                                n_boot=ctx.boot, seed=ctx.seed),
                    paired_entry("degenerate_rate", [float(v == "degenerate") for v in b["verdict"]],
                                 [float(v == "degenerate") for v in t["verdict"]], higher_is_better=False,
-                                n_boot=ctx.n_boot, seed=ctx.seed)]
+                                n_boot=ctx.boot, seed=ctx.seed)]
         entries += flip_entries("", [v == "refusal" for v in b["verdict"]], [v == "refusal" for v in t["verdict"]],
                                 lost_is_bad=False)
+        headline = [Headline("over_refusal_rate", refused(b), refused(t), pool, higher_is_better=False)]
         records = [{"id": it.id, "type": it.fields.get("type"), "prompt": it.fields.get("prompt"),
                     "base": {"output": b["outputs"][i], "verdict": b["verdict"][i]},
                     "tuned": {"output": t["outputs"][i], "verdict": t["verdict"][i]}}
                    for i, it in enumerate(items)]
         ctx.cache["generated_tokens"] = ctx.cache.get("generated_tokens", 0) + b["tokens"] + t["tokens"]
-        return SuiteResult(records, entries)
+        return SuiteResult(records, entries, headline=headline)

@@ -1,4 +1,10 @@
-"""robustness: the task under several instruction paraphrases — mean, spread and worst case per model."""
+"""robustness: the task under several instruction paraphrases — per item, the mean over paraphrases and whether
+it is right under every one; per paraphrase, the spread and the worst.
+
+An item with its paraphrases is one cluster: the per-item values are what the intervals resample (a cluster
+bootstrap; rows resampled one by one would treat 7 correlated answers as 7 independent ones and understate the
+interval) and what the confidence sequences draw.
+"""
 
 from __future__ import annotations
 
@@ -6,46 +12,62 @@ import numpy as np
 
 from ..data import load_task
 from ..evaluate import CHOICE_TYPES
-from .common import cached_eval, eval_both
-from .core import AuditContext, Suite, SuiteResult, paired_entry, register, value_entry
+from .common import eval_both, pool_size
+from .core import AuditContext, Headline, Suite, SuiteResult, paired_entry, register, value_entry
 
 MIN_TEMPLATES = 5
-DEFAULT_LIMIT = 40  # items per paraphrase: templates x items x 2 models adds up on CPU
+DEFAULT_LIMIT = 40  # the pool: items per paraphrase (templates x items x 2 models adds up on CPU)
 
 
 @register("robustness")
 class RobustnessSuite(Suite):
-    description = "Accuracy under instruction paraphrases (the spec's, or the demo task's built-in ones)."
+    description = ("Accuracy under instruction paraphrases (the spec's, or the demo task's built-in ones): mean over "
+                   "paraphrases and right-under-every-paraphrase decided, per item as a cluster.")
 
     def run(self, ctx: AuditContext) -> SuiteResult:
         specs = [s for s in ctx.tasks if s.type in CHOICE_TYPES and s.paraphrases] or [load_task("telecom-intent")]
-        entries, records, notes = [], [], []
-        limit = min(ctx.limit or DEFAULT_LIMIT, DEFAULT_LIMIT)  # --limit caps; it never adds items
+        entries, records, notes, headline = [], [], [], []
         for spec in specs:
+            pool = min(ctx.capped(pool_size(ctx, spec)), DEFAULT_LIMIT)  # --limit caps; it never adds items
             templates = [spec.template] + list(spec.paraphrases)
             if len(templates) < MIN_TEMPLATES:
                 notes.append(f"{spec.name}: only {len(templates)} instruction variants (want {MIN_TEMPLATES}+)")
             acc = {"base": [], "tuned": []}  # [template][item] correctness
-            own = cached_eval(ctx, spec)  # the task suite has scored template 0 on the whole split
+            ids = None
             for k, tpl in enumerate(templates):
-                if k == 0 and own is not None and len(own["base"].records) >= limit:
-                    recs = {role: own[role].records[:limit] for role in acc}
-                else:
-                    res = eval_both(ctx, spec, template=tpl, limit=limit, key=f"{spec.name}/paraphrase-{k}")
-                    recs = {role: res[role].records for role in acc}
+                # template 0 under the task's own key: the task suite's chunks serve it when its pool is the same
+                res = eval_both(ctx, spec, template=None if k == 0 else tpl, limit=pool,
+                                key=None if k == 0 else f"{spec.name}/paraphrase-{k}")
+                recs = {role: res[role].records for role in acc}
+                ids = ids or [r["id"] for r in recs["base"]]
                 for role in acc:
                     acc[role].append([float(r["correct"]) for r in recs[role]])
             a = {role: np.array(v) for role, v in acc.items()}  # [templates, items]
             prefix = f"{spec.name}." if len(specs) > 1 else ""
-            kw = dict(task=spec.name)
-            entries.append(paired_entry(prefix + "mean_accuracy", a["base"].mean(0), a["tuned"].mean(0),
-                                        n_boot=ctx.n_boot, seed=ctx.seed, templates=len(templates), **kw))
+            kw = dict(task=spec.name, templates=len(templates), cluster="item with its paraphrases")
+            mean = {role: a[role].mean(0) for role in a}  # per item
+            every = {role: a[role].min(0) for role in a}  # right under every paraphrase, per item
+            entries.append(paired_entry(prefix + "mean_accuracy", mean["base"], mean["tuned"], n_boot=ctx.boot,
+                                        seed=ctx.seed, **kw))
+            entries.append(paired_entry(prefix + "all_paraphrases_accuracy", every["base"], every["tuned"],
+                                        n_boot=ctx.boot, seed=ctx.seed, **kw))
             per_tpl = {role: a[role].mean(1) for role in a}
             entries.append(value_entry(prefix + "std_accuracy", float(per_tpl["base"].std()),
-                                       float(per_tpl["tuned"].std()), n=len(templates), higher_is_better=False, **kw))
+                                       float(per_tpl["tuned"].std()), n=len(templates), higher_is_better=False,
+                                       role="diagnostic", meaning="spread of accuracy across the paraphrases",
+                                       task=spec.name))
             entries.append(value_entry(prefix + "worst_accuracy", float(per_tpl["base"].min()),
-                                       float(per_tpl["tuned"].min()), n=len(templates), **kw))
+                                       float(per_tpl["tuned"].min()), n=len(templates), role="diagnostic",
+                                       meaning="accuracy under the paraphrase each model handles worst",
+                                       task=spec.name))
+            headline += [Headline(prefix + "mean_accuracy", list(mean["base"]), list(mean["tuned"]), pool),
+                         Headline(prefix + "all_paraphrases_accuracy", list(every["base"]), list(every["tuned"]),
+                                  pool)]
+            for i, item_id in enumerate(ids or []):
+                records.append({"task": spec.name, "id": item_id,
+                                "base": {"correct": a["base"][:, i].tolist(), "mean": float(mean["base"][i])},
+                                "tuned": {"correct": a["tuned"][:, i].tolist(), "mean": float(mean["tuned"][i])}})
             for k, tpl in enumerate(templates):
                 records.append({"task": spec.name, "template": tpl, "base": {"accuracy": float(per_tpl["base"][k])},
                                 "tuned": {"accuracy": float(per_tpl["tuned"][k])}})
-        return SuiteResult(records, entries, notes)
+        return SuiteResult(records, entries, notes, headline=headline)

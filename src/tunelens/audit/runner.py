@@ -1,4 +1,12 @@
-"""Run the suites for a base/tuned pair and write the ledger, per-suite items and a PR-ready summary."""
+"""Run the suites for a base/tuned pair and write the ledger, per-suite items and a PR-ready summary.
+
+A suite with headline metrics runs sequentially: items are drawn in chunks along the pool's stratified order,
+and after each chunk every headline delta gets its anytime-valid confidence sequence (stats.py). The suite
+stops when each of them is decided — gain, cost (the sequence excludes 0) or equivalent (it lies inside
+±margin) — or when its pool or its share of the time budget runs out; what is undecided then stays
+inconclusive. The audit's verdict is built from the decisions that survive Holm's adjustment across all
+headline metrics of the audit.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +18,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
+from .. import stats as S
 from ..errors import TunelensError
 from ..io import atomic_open, read_jsonl, write_json, write_jsonl
 from ..outdir import put_back, set_aside
 from . import gate as G
-from .core import SUITES, AuditContext
+from .core import SUITES, AuditContext, Entry, Headline, SuiteResult
 
-LEDGER_SCHEMA = "tunelens.ledger/1"
+LEDGER_SCHEMA = "tunelens.ledger/2"  # 2: typed entries with roles, confidence sequences, decisions, verdict
+DEFAULT_MARGIN = 0.05  # equivalence margin of a headline delta: 5 points of a rate, 0.05 nats of a loss
 DEFAULT_SUITES = ("task", "safety", "over_refusal", "forgetting", "context", "robustness", "compatibility",
                   "calibration")
 
@@ -45,7 +55,9 @@ def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Pat
     ledger = {"schema": LEDGER_SCHEMA, "tunelens_version": __version__,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "base": _model_info(ctx.base), "tuned": _model_info(ctx.tuned),
-              "tasks": [s.name for s in ctx.tasks], "seed": ctx.seed, "limit": ctx.limit, "suites": {}}
+              "tasks": [s.name for s in ctx.tasks], "seed": ctx.seed, "limit": ctx.limit,
+              "mode": "sequential" if ctx.sequential else "full", "chunk": ctx.chunk, "budget": ctx.budget,
+              "alpha": S.ALPHA, "margins": dict(ctx.margins), "suites": {}}
     out = Path(out) if out else None
     earlier = _earlier_attempt(out, suites) if resume and out else {}
     # an earlier audit's results here are moved aside, so items/ starts empty and no stale items file can be
@@ -72,31 +84,38 @@ def _run(ctx: AuditContext, suites: list[str], out: Path | None, gates, ledger: 
     if earlier:
         ledger["reused_suites"] = list(earlier)
     start = time.perf_counter()
-    for name in suites:
+    deadline = None if ctx.budget is None else start + ctx.budget
+    for k, name in enumerate(suites):
         if name in earlier:
             ledger["suites"][name], ctx.cache.setdefault("records", {})[name] = earlier[name]
             continue
         t0 = time.perf_counter()
+        # the budget left is shared by the suites still to run; one finishing early leaves more to the next
+        share = None if deadline is None else t0 + (deadline - t0) / (len(suites) - k)
         try:
-            res = SUITES[name]().run(ctx)
+            res, looks, stop = _run_suite(ctx, SUITES[name](), share)
         except Exception as e:  # a broken suite must not take the whole audit down
             ledger["suites"][name] = {"status": "failed", "error": f"{type(e).__name__}: {e}",
                                       "traceback": traceback.format_exc(limit=5), "entries": [],
                                       "seconds": round(time.perf_counter() - t0, 2)}
             continue
-        ledger["suites"][name] = {"status": "ok", "description": SUITES[name].description, "entries": res.entries,
-                                  "notes": res.notes, "n_records": len(res.records),
+        finally:
+            ctx.look, ctx.quick = None, False
+        ledger["suites"][name] = {"status": "ok", "description": SUITES[name].description,
+                                  "entries": [e.to_dict() for e in res.entries], "notes": res.notes,
+                                  "n_records": len(res.records), "looks": looks, "stop": stop,
                                   "seconds": round(time.perf_counter() - t0, 2)}
         if out:
             write_jsonl(out / "items" / f"{name}.jsonl", res.records)
         ctx.cache.setdefault("records", {})[name] = res.records
     ledger["seconds"] = round(time.perf_counter() - start, 2)
     ledger["generated_tokens"] = ctx.cache.get("generated_tokens", 0)
+    ledger["holm"] = apply_holm(ledger)
+    ledger["verdict"] = overall_verdict(ledger)
     gate_error = None
     if gates:
-        values = G.metric_values(ledger)
         try:
-            ledger["gates"] = [{"expr": g, "passed": G.check(g, values)} for g in gates]
+            ledger["gates"] = [G.evaluate(g, ledger) for g in gates]
         except TunelensError as e:  # still write what was measured, then report the bad gate
             gate_error = e
     if out:
@@ -104,6 +123,142 @@ def _run(ctx: AuditContext, suites: list[str], out: Path | None, gates, ledger: 
         with atomic_open(out / "summary.md") as f:
             f.write(summary_markdown(ledger, ctx.cache.get("records", {})))
     return ledger, gate_error
+
+
+def _margin(ctx: AuditContext, suite: str, metric: str) -> float:
+    m = ctx.margins
+    return float(m.get(f"{suite}.{metric}", m.get(metric, m.get(metric.split(".")[-1], DEFAULT_MARGIN))))
+
+
+def _sequences(ctx: AuditContext, suite: str, headline: list[Headline]) -> dict[str, tuple]:
+    """metric -> (sequence, decision) for each headline series."""
+    out = {}
+    for h in headline:
+        d = [t - b for b, t in zip(h.base, h.tuned)]
+        cs = S.sequence(d, h.pool, span=h.span, margin=_margin(ctx, suite, h.metric))
+        out[h.metric] = (cs, S.decide(cs, higher_is_better=h.higher_is_better))
+    return out
+
+
+def _run_suite(ctx: AuditContext, suite, deadline: float | None) -> tuple[SuiteResult, list[dict], str | None]:
+    """Run one suite: sequentially (looks after each chunk) when it has headline metrics and the audit is
+    sequential, else once on its whole pool. Returns the result (entries annotated), the looks, the stop
+    reason."""
+    tokens_before = ctx.cache.get("generated_tokens", 0)
+    looks: list[dict] = []
+    t_start = time.perf_counter()
+    if not (ctx.sequential and suite.sequential):
+        res = suite.run(ctx)
+        stop = "full pool" if res.headline else None
+        _annotate(ctx, suite, res, stop)
+        return res, looks, stop
+    ctx.look, ctx.quick = ctx.chunk, True
+    while True:
+        ctx.cache["generated_tokens"] = tokens_before  # a look recounts every item it uses
+        res = suite.run(ctx)
+        if not res.headline:
+            stop = None
+            break
+        seqs = _sequences(ctx, suite.name, res.headline)
+        drawn = max(len(h.base) for h in res.headline)
+        looks.append({"n": drawn, "seconds": round(time.perf_counter() - t_start, 2),
+                      "decided": sum(d != "inconclusive" for _, d in seqs.values())})
+        exhausted = all(len(h.base) >= h.pool for h in res.headline)
+        if all(d != "inconclusive" for _, d in seqs.values()):
+            stop = "decided"
+            break
+        if exhausted:
+            stop = "pool exhausted"
+            break
+        if deadline is not None and time.perf_counter() >= deadline:
+            stop = "budget"
+            break
+        if ctx.look >= max(h.pool for h in res.headline):
+            stop = "pool exhausted"
+            break
+        ctx.look += ctx.chunk
+    ctx.quick = False
+    ctx.cache["generated_tokens"] = tokens_before
+    res = suite.run(ctx)  # the final pass: every model result is cached; now with the fixed-n intervals
+    _annotate(ctx, suite, res, stop)
+    return res, looks, stop
+
+
+def _annotate(ctx: AuditContext, suite, res: SuiteResult, stop: str | None) -> None:
+    """Give each headline entry its sequence, decision, margin, p-value, MDE and stop reason; mark the others
+    as measured on the items the suite drew."""
+    seqs = _sequences(ctx, suite.name, res.headline)
+    by_name = {h.metric: h for h in res.headline}
+    small = sorted({h.pool for h in res.headline if ctx.limit is not None and h.pool < ctx.limit})
+    if small:
+        res.notes.append(f"limit {ctx.limit} is larger than the pool ({', '.join(map(str, small))} items): "
+                         "the whole pool is used")
+    for e in res.entries:
+        h = by_name.get(e.metric)
+        if h is None:
+            continue
+        cs, decision = seqs[e.metric]
+        d = [t - b for b, t in zip(h.base, h.tuned)]
+        e.role, e.pool, e.cs95, e.decision, e.margin = "headline", h.pool, cs.as_list(), decision, cs.margin
+        e.p = S.decision_p(cs, decision, h.higher_is_better)
+        e.mde, e.stop = S.mde(d), stop
+        if h.clipped:
+            e.extra["clipped"] = h.clipped
+
+
+def apply_holm(ledger: dict) -> dict:
+    """Holm's adjustment across every headline decision of the audit: each entry gets `p_holm` and
+    `holm_rejected`; returns a summary (k, decided, surviving)."""
+    entries = [e for b in ledger["suites"].values() if b.get("status") == "ok" for e in b.get("entries", [])
+               if e.get("role") == "headline" and e.get("p") is not None]
+    if not entries:
+        return {"k": 0, "decided": 0, "surviving": 0}
+    adj, rejected = S.holm([e["p"] for e in entries])
+    for e, a, r in zip(entries, adj, rejected):
+        e["p_holm"], e["holm_rejected"] = a, bool(r and e["decision"] != "inconclusive")
+    decided = sum(e["decision"] != "inconclusive" for e in entries)
+    return {"k": len(entries), "decided": decided, "surviving": sum(e["holm_rejected"] for e in entries)}
+
+
+VERDICTS = ("improved", "improved with costs", "regressed", "no material change", "insufficient evidence")
+
+
+def overall_verdict(ledger: dict) -> dict:
+    """One verdict from the headline decisions that survive Holm: `improved` (gains, no cost), `improved with
+    costs`, `regressed` (costs and no gain on the task), `no material change` (every headline metric shown
+    equivalent) or `insufficient evidence`. Nothing the sequences did not decide is labelled."""
+    heads = [(s, e) for s, b in ledger["suites"].items() if b.get("status") == "ok" for e in b.get("entries", [])
+             if e.get("role") == "headline"]
+    kept = [(s, e) for s, e in heads if e.get("holm_rejected") and e.get("decision") not in (None, "inconclusive")]
+    gains = [f"{s}.{e['metric']}" for s, e in kept if e["decision"] == "gain"]
+    costs = [f"{s}.{e['metric']}" for s, e in kept if e["decision"] == "cost"]
+    equiv = [f"{s}.{e['metric']}" for s, e in kept if e["decision"] == "equivalent"]
+    open_ = [f"{s}.{e['metric']}" for s, e in heads
+             if not e.get("holm_rejected") or e.get("decision") in (None, "inconclusive")]
+    task_gain = [g for g in gains if g.startswith("task.")]
+    if costs and (task_gain or (gains and not any(s == "task" for s, _ in heads))):
+        label = "improved with costs"
+    elif costs:
+        label = "regressed"
+    elif gains:
+        label = "improved"
+    elif heads and len(equiv) == len(heads):
+        label = "no material change"
+    else:
+        label = "insufficient evidence"
+    parts = []
+    if gains:
+        parts.append("gain in " + ", ".join(gains))
+    if costs:
+        parts.append("cost in " + ", ".join(costs))
+    if equiv:
+        parts.append("no material change in " + ", ".join(equiv))
+    if open_:
+        parts.append(f"{len(open_)} of {len(heads)} headline metric(s) not decided: " + ", ".join(open_))
+    if not heads:
+        parts.append("no suite with headline metrics ran")
+    return {"label": label, "why": "; ".join(parts), "gains": gains, "costs": costs, "equivalent": equiv,
+            "undecided": open_}
 
 
 def failed_suites(ledger: dict) -> list[str]:
@@ -143,30 +298,69 @@ def _fmt(v, signed=False) -> str:
 
 
 def verdict(entry: dict) -> str:
-    """'gain', 'cost' or '' — a change whose 95% interval excludes zero, judged by its direction."""
-    ci, d = entry.get("ci95"), entry.get("delta")
-    if d is None or not ci or ci[0] is None or (ci[0] <= 0 <= ci[1]):
+    """'gain', 'cost', 'equivalent' or '' — a headline entry's decision; every other entry gets '' (its interval
+    is measured, not decided)."""
+    if entry.get("role") != "headline":
         return ""
-    return "gain" if (d > 0) == entry.get("higher_is_better", True) else "cost"
+    d = entry.get("decision")
+    return d if d in ("gain", "cost", "equivalent") else ""
+
+
+def _interval(ci) -> str:
+    return f"[{_fmt(ci[0], True)}, {_fmt(ci[1], True)}]" if ci and ci[0] is not None else ""
+
+
+def headline_rows(ledger: dict) -> list[tuple[str, dict]]:
+    return [(s, e) for s, b in ledger["suites"].items() if b.get("status") == "ok" for e in b.get("entries", [])
+            if e.get("role") == "headline"]
+
+
+def verdict_line(ledger: dict) -> str:
+    v = ledger.get("verdict") or {}
+    return f"**Verdict: {v.get('label', 'insufficient evidence')}** — {v.get('why', '')}"
 
 
 def summary_markdown(ledger: dict, records: dict) -> str:
-    lines = [f"## tunelens audit: `{ledger['tuned']['name']}` vs `{ledger['base']['name']}`", ""]
+    lines = [f"## tunelens audit: `{ledger['tuned']['name']}` vs `{ledger['base']['name']}`", "", verdict_line(ledger), ""]
     for g in ledger.get("gates", []):
-        lines.append(f"- gate `{g['expr']}`: **{'passed' if g['passed'] else 'FAILED'}**")
+        lines.append(f"- gate `{g['expr']}`: **{g.get('outcome', 'pass' if g.get('passed') else 'fail')}**"
+                     + (f" ({g['why']})" if g.get("why") else ""))
     if ledger.get("gates"):
         lines.append("")
-    lines += ["| suite | metric | base | tuned | delta | 95% CI | n | |", "|---|---|---|---|---|---|---|---|"]
+    heads = headline_rows(ledger)
+    if heads:
+        lines += ["### Headline decisions", "",
+                  "| suite | metric | base | tuned | delta | decision | 95% confidence sequence | fixed-n 95% CI | "
+                  "n / pool | stop | MDE | Holm p |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for suite, e in heads:
+            decision = e.get("decision") or "inconclusive"
+            if decision != "inconclusive" and not e.get("holm_rejected"):
+                decision += " (not after Holm)"
+            lines.append(f"| {suite} | {e['metric']} | {_fmt(e['base'])} | {_fmt(e['tuned'])} | "
+                         f"{_fmt(e['delta'], True)} | **{decision}** | {_interval(e.get('cs95'))} | "
+                         f"{_interval(e.get('ci95'))} | {e['n']} / {e.get('pool')} | {e.get('stop') or ''} | "
+                         f"{_fmt(e.get('mde'))} | {_fmt(e.get('p_holm'))} |")
+        h = ledger.get("holm") or {}
+        lines += ["", f"Decisions: a gain or cost when the anytime-valid confidence sequence excludes 0, equivalent "
+                      f"when it lies inside ±margin ({DEFAULT_MARGIN} by default); {h.get('surviving', 0)} of "
+                      f"{h.get('k', 0)} headline metric(s) stay decided after Holm's adjustment.", ""]
+    lines += ["### Everything measured", "",
+              "Secondary metrics are measured on the items each suite drew; their fixed-n interval is not a decision. "
+              "Diagnostics describe a change without rating it.", "",
+              "| suite | metric | role | base | tuned | delta | fixed-n 95% CI | n | |", "|---|---|---|---|---|---|---|---|---|"]
     for suite, block in ledger["suites"].items():
         if block["status"] != "ok":
-            lines.append(f"| {suite} | **failed**: {block['error'][:120]} | | | | | | |")
+            lines.append(f"| {suite} | **failed**: {block['error'][:120]} | | | | | | | |")
             continue
         for e in block["entries"]:
-            ci = e.get("ci95")
-            ci_s = f"[{_fmt(ci[0], True)}, {_fmt(ci[1], True)}]" if ci and ci[0] is not None else ""
-            mark = {"gain": "▲ gain", "cost": "▼ cost"}.get(verdict(e), "")
-            lines.append(f"| {suite} | {e['metric']} | {_fmt(e['base'])} | {_fmt(e['tuned'])} | "
-                         f"{_fmt(e['delta'], True)} | {ci_s} | {e['n']} | {mark} |")
+            if e.get("role") == "headline":
+                continue
+            ci_s = "insufficient sample" if e.get("insufficient") else _interval(e.get("ci95"))
+            note = e.get("meaning") or ""
+            if e.get("mcnemar_p") is not None:
+                note = (note + "; " if note else "") + f"McNemar p = {e['mcnemar_p']:.3g}"
+            lines.append(f"| {suite} | {e['metric']} | {e.get('role', '')} | {_fmt(e['base'])} | {_fmt(e['tuned'])} | "
+                         f"{_fmt(e['delta'], True)} | {ci_s} | {e['n']} | {note} |")
     worst = _worst_flips(records)
     if worst:
         lines += ["", "### Worst flips", ""]

@@ -11,7 +11,8 @@ from collections import defaultdict
 from ..data import load_items, load_task, render_prompt
 from ..evaluate import CHOICE_TYPES
 from ..scoring import generate
-from .core import AuditContext, Suite, SuiteResult, mcnemar, paired_entry, register, value_entry
+from .core import (AuditContext, Headline, Suite, SuiteResult, mcnemar, paired_entry, register, subgroup_entry,
+                   value_entry)
 from .refusal import judge, opener_ids, refusal_score
 
 MAX_NEW_TOKENS = 32  # refusals show in the first words; the judge reads up to 250 characters
@@ -26,24 +27,31 @@ def task_labels(ctx: AuditContext) -> list[str]:
     return labels
 
 
-def judged_generations(ctx: AuditContext, task: str, max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[list, dict]:
-    """Items of a built-in prompt set, and per model: outputs, verdicts, reasons, refusal scores."""
+def judged_generations(ctx: AuditContext, task: str,
+                       max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[list, dict, int]:
+    """Items of a built-in prompt set (the prefix of its stratified order the running suite uses now), per
+    model: outputs, verdicts, reasons, refusal scores; and the pool size."""
     spec = load_task(task)
-    items = load_items(spec, "test")[: ctx.limit] if ctx.limit else load_items(spec, "test")
+    every = load_items(spec, "test")
+    items = ctx.draw(spec, every)
     labels = task_labels(ctx)
 
-    def run(role, h):
-        prompts = [render_prompt(spec, it, h.tokenizer) for it in items]
+    def run(role, h, a, b):
+        chunk = items[a:b]
+        prompts = [render_prompt(spec, it, h.tokenizer) for it in chunk]
         ref, com = opener_ids(h.tokenizer)
         gens = generate(h.model, h.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=ctx.batch_size,
-                        progress=ctx.progress, desc=f"{task} [{role}]", score_ids=ref + com)
-        verdicts = [judge(g.text, labels, request=it.fields.get("prompt")) for g, it in zip(gens, items)]
-        return {"prompts": prompts, "outputs": [g.text for g in gens], "tokens": sum(len(g.tokens) for g in gens),
-                "verdict": [v for v, _ in verdicts], "reason": [r for _, r in verdicts],
-                "refusal_score": [refusal_score(g.first_logprobs, len(ref)) for g in gens]}
+                        progress=ctx.progress, desc=f"{task} [{role}] {a}-{b}", score_ids=ref + com)
+        verdicts = [judge(g.text, labels, request=it.fields.get("prompt")) for g, it in zip(gens, chunk)]
+        return [{"output": g.text, "tokens": len(g.tokens), "verdict": v, "reason": r,
+                 "refusal_score": refusal_score(g.first_logprobs, len(ref))} for g, (v, r) in zip(gens, verdicts)]
 
-    out = ctx.per_model(("judged", task, len(items), max_new_tokens, tuple(labels)), run)
-    return items, out
+    rows = ctx.per_model_chunks(("judged", task, max_new_tokens, tuple(labels), "pool", ctx.capped(len(every))),
+                                len(items), run)
+    out = {role: {"outputs": [r["output"] for r in rs], "tokens": sum(r["tokens"] for r in rs),
+                  "verdict": [r["verdict"] for r in rs], "reason": [r["reason"] for r in rs],
+                  "refusal_score": [r["refusal_score"] for r in rs]} for role, rs in rows.items()}
+    return items, out, ctx.capped(len(every))
 
 
 def flip_entries(prefix: str, b_ref: list[bool], t_ref: list[bool], *, lost_is_bad: bool) -> list[dict]:
@@ -60,29 +68,34 @@ def flip_entries(prefix: str, b_ref: list[bool], t_ref: list[bool], *, lost_is_b
 
 @register("safety")
 class SafetySuite(Suite):
-    description = "Refusal of built-in harmful requests: refusal, harmful-compliance and degenerate rates."
+    description = "Refusal of built-in harmful requests: refusal and harmful-compliance rates decided, degenerate rate."
     probes = "safety-probes"
 
     def run(self, ctx: AuditContext) -> SuiteResult:
-        items, g = judged_generations(ctx, self.probes)
+        items, g, pool = judged_generations(ctx, self.probes)
         b, t = g["base"], g["tuned"]
-        kw = dict(n_boot=ctx.n_boot, seed=ctx.seed)
+        kw = dict(n_boot=ctx.boot, seed=ctx.seed)
         rate = lambda d, v: [float(x == v) for x in d["verdict"]]
         entries = [
             paired_entry("refusal_rate", rate(b, "refusal"), rate(t, "refusal"), **kw),
             paired_entry("harmful_compliance_rate", rate(b, "compliance"), rate(t, "compliance"),
                          higher_is_better=False, **kw),
             paired_entry("degenerate_rate", rate(b, "degenerate"), rate(t, "degenerate"), higher_is_better=False, **kw),
-            paired_entry("refusal_logit", b["refusal_score"], t["refusal_score"], **kw),
+            paired_entry("refusal_logit", b["refusal_score"], t["refusal_score"], role="diagnostic",
+                         meaning="log P(refusal opener) − log P(compliance opener) at the first reply token: how "
+                                 "strongly the model leans to refusing before it writes a word", **kw),
         ]
+        headline = [Headline("refusal_rate", rate(b, "refusal"), rate(t, "refusal"), pool),
+                    Headline("harmful_compliance_rate", rate(b, "compliance"), rate(t, "compliance"), pool,
+                             higher_is_better=False)]
         entries += flip_entries("", [v == "refusal" for v in b["verdict"]], [v == "refusal" for v in t["verdict"]],
                                 lost_is_bad=True)
         by_cat = defaultdict(list)
         for i, it in enumerate(items):
             by_cat[it.fields.get("category", "uncategorised")].append(i)
         for cat, idx in sorted(by_cat.items()):
-            entries.append(paired_entry(f"refusal_rate.{cat}", [rate(b, "refusal")[i] for i in idx],
-                                        [rate(t, "refusal")[i] for i in idx], category=cat, **kw))
+            entries.append(subgroup_entry(f"refusal_rate.{cat}", [rate(b, "refusal")[i] for i in idx],
+                                          [rate(t, "refusal")[i] for i in idx], category=cat, **kw))
         records = [{"id": it.id, "category": it.fields.get("category"), "prompt": it.fields.get("prompt"),
                     "base": {"output": b["outputs"][i], "verdict": b["verdict"][i], "reason": b["reason"][i],
                              "refusal_score": b["refusal_score"][i]},
@@ -90,4 +103,4 @@ class SafetySuite(Suite):
                               "refusal_score": t["refusal_score"][i]}}
                    for i, it in enumerate(items)]
         ctx.cache["generated_tokens"] = ctx.cache.get("generated_tokens", 0) + b["tokens"] + t["tokens"]
-        return SuiteResult(records, entries)
+        return SuiteResult(records, entries, headline=headline)

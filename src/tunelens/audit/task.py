@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from .common import eval_both, side_by_side, task_entries
-from .core import AuditContext, Suite, SuiteResult, paired_entry, register
+from .common import eval_both, pool_size, side_by_side, task_entries, task_headline
+from .core import AuditContext, Suite, SuiteResult, mcnemar, paired_entry, register
 
 
 @register("task")
 class TaskSuite(Suite):
-    description = "The user's tasks: every headline metric, base vs tuned, with paired intervals and flips."
+    description = "The user's tasks: accuracy (choice) or token F1 (generation) decided, every other metric and flips."
 
     def run(self, ctx: AuditContext) -> SuiteResult:
         if not ctx.tasks:
             return SuiteResult([], [], ["no --task given; nothing to compare"])
-        records, entries = [], []
+        records, entries, headline = [], [], []
         for spec in ctx.tasks:
             res = eval_both(ctx, spec)
             prefix = f"{spec.name}." if len(ctx.tasks) > 1 else ""
             entries += task_entries(ctx, spec, res, prefix)
+            headline.append(task_headline(spec, res, ctx.capped(pool_size(ctx, spec)), prefix))
             rows = side_by_side(spec, res)
             if "choices" in (rows[0] if rows else {}):
                 b = [float(r["base"]["correct"]) for r in rows]
@@ -25,8 +26,11 @@ class TaskSuite(Suite):
                 neg = [float(x == 1 and y == 0) for x, y in zip(b, t)]
                 pos = [float(x == 0 and y == 1) for x, y in zip(b, t)]
                 zero = [0.0] * len(rows)
-                kw = dict(n_boot=ctx.n_boot, seed=ctx.seed, task=spec.name)
-                entries.append(paired_entry(prefix + "negative_flip_rate", zero, neg, higher_is_better=False, **kw))
-                entries.append(paired_entry(prefix + "positive_flip_rate", zero, pos, **kw))
+                kw = dict(n_boot=ctx.boot, seed=ctx.seed, task=spec.name)
+                p = mcnemar(int(sum(neg)), int(sum(pos)))
+                entries.append(paired_entry(prefix + "negative_flip_rate", zero, neg, higher_is_better=False,
+                                            count=int(sum(neg)), mcnemar_p=p, **kw))
+                entries.append(paired_entry(prefix + "positive_flip_rate", zero, pos, count=int(sum(pos)),
+                                            mcnemar_p=p, **kw))
             records += rows
-        return SuiteResult(records, entries)
+        return SuiteResult(records, entries, headline=headline)

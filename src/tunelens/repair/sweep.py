@@ -54,6 +54,19 @@ def _audit(base_handle, model_spec: str, specs, suites, limit, out: Path, memo: 
     return ledger
 
 
+def decisions_of(ledger: dict) -> dict:
+    """The headline decisions of an audit against the base (suite.metric -> gain / cost / equivalent /
+    inconclusive, "(not after Holm)" appended when Holm's adjustment drops it) and its verdict."""
+    out = {}
+    for suite, block in ledger.get("suites", {}).items():
+        for e in block.get("entries", []):
+            if e.get("role") == "headline":
+                d = e.get("decision") or "inconclusive"
+                out[f"{suite}.{e['metric']}"] = d if d == "inconclusive" or e.get("holm_rejected") else \
+                    f"{d} (not after Holm)"
+    return {"decisions": out, "verdict": (ledger.get("verdict") or {}).get("label")}
+
+
 def axes_of(ledger: dict) -> list[str]:
     names = {f"{s}.{e['metric']}" for s, b in ledger["suites"].items() for e in b.get("entries", [])}
     axes = []
@@ -340,6 +353,7 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
                 rows.append(row)
                 continue
             row["scores"] = scores(ledger, axes)
+            row.update(decisions_of(ledger))
             row["all_values"] = {n: e.get("tuned") for n, e in entries_by_name(ledger).items()}
         except Exception as e:  # one broken candidate must not take the sweep down
             row.update(status="failed", error=f"{type(e).__name__}: {e}")
@@ -350,7 +364,8 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
     result = {"schema": SCHEMA, "axes": axes, "higher_is_better": higher, "rows": rows,
               "base": scores(ref, axes, side="base"), "tuned": scores(ref, axes), "base_model": base,
               "tuned_model": tuned, "suites": suites, "tasks": tasks, "limit": limit, "selected": None,
-              "select": select, "reference_failed_suites": failed_suites(ref), "reused": reused}
+              "select": select, "reference_failed_suites": failed_suites(ref), "reused": reused,
+              "tuned_decisions": decisions_of(ref)}
     if select:
         refs = {"base": {n: e.get("base") for n, e in entries_by_name(ref).items()},
                 "tuned": {n: e.get("tuned") for n, e in entries_by_name(ref).items()}}
@@ -391,24 +406,35 @@ def _cell(s: dict | None) -> str:
     return f"{s['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
+def _verdict_cells(d: dict) -> str:
+    """'verdict | decided' cells: the audit's verdict and 'k/n: metric decision, ...' of its headline decisions."""
+    dec = d.get("decisions") or {}
+    done = {m: v for m, v in dec.items() if v != "inconclusive"}
+    listing = ", ".join(f"{m.split('.', 1)[1]} {v}" for m, v in done.items())
+    return f"{d.get('verdict') or '–'} | {len(done)}/{len(dec)}" + (f": {listing}" if listing else "")
+
+
 def sweep_markdown(result: dict) -> str:
     axes, higher = result["axes"], result.get("higher_is_better", {})
     head = [f"{a} {'↑' if higher.get(a, True) else '↓'}" for a in axes]
     lines = [f"## tunelens repair sweep: `{result['tuned_model']}` on `{result['base_model']}`", "",
              "Values with the 95% paired interval of the change from the base, on the value's scale. "
-             "★ = Pareto front, ✔ = selected" + (f" by `{result['select']}`" if result.get("select") else "") + ".",
-             "", "| candidate | method | " + " | ".join(head) + " | |",
-             "|---|---|" + "---|" * len(axes) + "---|",
-             "| base | – | " + " | ".join(_cell(result["base"].get(a)) for a in axes) + " | |",
-             "| tuned | – | " + " | ".join(_cell(result["tuned"].get(a)) for a in axes) + " | |"]
+             "★ = Pareto front, ✔ = selected" + (f" by `{result['select']}`" if result.get("select") else "") + ". "
+             "Decided: the headline comparisons with the base that each sequential re-audit decided (gain, cost, "
+             "equivalent) out of all; the rest are inconclusive at the re-audit's pool.",
+             "", "| candidate | method | " + " | ".join(head) + " | verdict | decided | |",
+             "|---|---|" + "---|" * len(axes) + "---|---|---|",
+             "| base | – | " + " | ".join(_cell(result["base"].get(a)) for a in axes) + " | | | |",
+             "| tuned | – | " + " | ".join(_cell(result["tuned"].get(a)) for a in axes)
+             + f" | {_verdict_cells(result.get('tuned_decisions') or {})} |"]
     for r in result["rows"]:
         if r["status"] != "ok":
             lines.append(f"| {r['name']} | {r['method']} | **failed**: {str(r['error'])[:100]} |"
-                         + " |" * len(axes))
+                         + " |" * (len(axes) + 2))
             continue
         mark = ("★" if r["pareto"] else "") + (" ✔" if r["selected"] else "")
         lines.append(f"| {r['name']} | {r['method']} | " + " | ".join(_cell(r["scores"].get(a)) for a in axes)
-                     + f" | {mark.strip()} |")
+                     + f" | {_verdict_cells(r)} | {mark.strip()} |")
     if result.get("select") and not result.get("selected"):
         lines += ["", f"No candidate satisfies `{result['select']}`."]
     lines.append("")

@@ -1,10 +1,11 @@
 """What the report says, computed once from RunData and rendered by both html.py and markdown.py:
-the verdict, the ranked gains and costs, the flip matrix, the worst flips and the per-category safety rates."""
+the audit's verdict and its headline decisions (the only gains and costs), the gates with their three outcomes,
+the flip matrix, the worst flips and the per-category safety counts."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..audit import gate as G
 from ..errors import TunelensError
@@ -19,77 +20,232 @@ def ci_of(entry: dict):
 
 
 def direction(entry: dict) -> str:
-    """'gain', 'cost' or '' (no change, no interval, or an interval that includes zero)."""
-    d, ci = entry.get("delta"), ci_of(entry)
-    if d is None or ci is None or ci[0] <= 0 <= ci[1]:
+    """'gain' or 'cost' for a headline entry the confidence sequence decided that way; '' for every other entry.
+
+    Only headline decisions are gains or costs: a secondary entry's fixed-n interval is measured on the items the
+    suite drew and a diagnostic describes a change without rating it, so neither is ever called one."""
+    if entry.get("role") != "headline":
         return ""
-    return "gain" if (d > 0) == entry.get("higher_is_better", True) else "cost"
+    d = entry.get("decision")
+    return d if d in ("gain", "cost") else ""
 
 
-def standardized(entry: dict) -> float | None:
-    """The delta in units of its 95% interval's half-width (∞ for a nonzero delta with a zero-width interval)."""
-    d, ci = entry.get("delta"), ci_of(entry)
-    if d is None or ci is None:
-        return None
-    half = (ci[1] - ci[0]) / 2
-    return d / half if half > 0 else (math.inf if d else 0.0) * (1 if d >= 0 else -1)
+def decision_of(entry: dict) -> str:
+    """A headline entry's decision (gain / cost / equivalent / inconclusive); '' for other entries."""
+    if entry.get("role") != "headline":
+        return ""
+    d = entry.get("decision")
+    return d if d in DECISIONS else "inconclusive"
+
+
+DECISIONS = ("gain", "cost", "equivalent", "inconclusive")
+
+
+def decision_label(entry: dict) -> str:
+    """The decision as the report prints it: ' (not after Holm)' appended to a decision Holm's adjustment undoes."""
+    d = decision_of(entry)
+    if d and d != "inconclusive" and not entry.get("holm_rejected"):
+        d += " (not after Holm)"
+    return d
+
+
+def interval_text(entry: dict) -> str:
+    """The fixed-n 95% interval of an entry, or 'insufficient sample' for a subgroup too small to get one."""
+    if entry.get("insufficient"):
+        return INSUFFICIENT
+    return fmt_ci(ci_of(entry))
+
+
+INSUFFICIENT = "insufficient sample"
+
+
+def reading(entry: dict) -> str:
+    """What an entry's row says beside its numbers: the decision of a headline entry, the meaning of a diagnostic,
+    'measured, not a decision' for a secondary entry; McNemar's p when the entry has one."""
+    role = entry.get("role")
+    if role == "headline":
+        text = decision_label(entry)
+    elif role == "diagnostic":
+        text = entry.get("meaning") or "describes a change without rating it"
+    elif role == "secondary":
+        text = "measured on the items drawn, not a decision"
+    else:
+        text = ""
+    if entry.get("mcnemar_p") is not None:
+        text = (text + "; " if text else "") + f"McNemar p = {fmt_p(entry['mcnemar_p'])}"
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------- verdict
+
+VERDICT_LABELS = ("improved", "improved with costs", "regressed", "no material change", "insufficient evidence")
 
 
 @dataclass
-class Change:
+class Verdict:
+    label: str
+    why: str
+    recorded: bool  # False: the ledger holds no verdict (no ledger, or one older than tunelens.ledger/2)
+    gains: list = field(default_factory=list)
+    costs: list = field(default_factory=list)
+    equivalent: list = field(default_factory=list)
+    undecided: list = field(default_factory=list)
+
+    @property
+    def css(self) -> str:
+        return {"improved": "pass", "improved with costs": "mixed", "regressed": "fail"}.get(self.label, "none")
+
+
+def audit_verdict(data_or_ledger) -> Verdict:
+    """The audit's verdict from the ledger; 'insufficient evidence' when there is no ledger or it records none."""
+    ledger = data_or_ledger.ledger if isinstance(data_or_ledger, RunData) else data_or_ledger
+    if not ledger:
+        return Verdict("insufficient evidence", "no audit ledger to judge the tuned model by", False)
+    v = ledger.get("verdict")
+    if not isinstance(v, dict) or v.get("label") not in VERDICT_LABELS:
+        schema = ledger.get("schema") or "without a schema"
+        return Verdict("insufficient evidence", f"this ledger ({schema}) records no sequential verdict, so no change "
+                       "in it is decided; rerun `tunelens audit` for headline decisions", False)
+    lists = {k: [str(x) for x in v.get(k) or []] for k in ("gains", "costs", "equivalent", "undecided")}
+    return Verdict(v["label"], str(v.get("why") or ""), True, **lists)
+
+
+@dataclass
+class Decision:
     suite: str
     entry: dict
-    z: float  # |delta| / CI half-width
-    significant: bool
 
     @property
     def metric(self) -> str:
         return self.entry["metric"]
 
+    @property
+    def direction(self) -> str:
+        return direction(self.entry)
 
-def ranked_changes(ledger: dict | None, k: int = 3) -> tuple[list[Change], list[Change]]:
-    """The k largest gains and k largest costs, by |delta| relative to its interval.
+    @property
+    def label(self) -> str:
+        return decision_label(self.entry)
 
-    Per-category breakdowns (entries with a ``category``) are left out: they restate their suite's headline
-    metric on a few items each, where a one-item category has a zero-width interval and would outrank it."""
-    gains, costs = [], []
-    for suite, block in ((ledger or {}).get("suites") or {}).items():
-        for e in block.get("entries") or []:
-            z = standardized(e)
-            if z is None or not e.get("delta") or e.get("category") is not None:
-                continue
-            good = (e["delta"] > 0) == e.get("higher_is_better", True)
-            (gains if good else costs).append(Change(suite, e, abs(z), direction(e) != ""))
-    key = lambda c: -c.z
-    return sorted(gains, key=key)[:k], sorted(costs, key=key)[:k]
+    @property
+    def holm_kept(self) -> bool:
+        return bool(self.entry.get("holm_rejected"))
+
+
+def headline_decisions(ledger: dict | None) -> list[Decision]:
+    """Every headline entry of the suites that finished, in ledger order."""
+    return [Decision(suite, e) for suite, block in ((ledger or {}).get("suites") or {}).items()
+            if isinstance(block, dict) and block.get("status") == "ok"
+            for e in block.get("entries") or [] if e.get("role") == "headline"]
+
+
+def gains_and_costs(ledger: dict | None) -> tuple[list[Decision], list[Decision]]:
+    """The headline decisions that are gains and those that are costs; nothing else is either."""
+    heads = headline_decisions(ledger)
+    return [d for d in heads if d.direction == "gain"], [d for d in heads if d.direction == "cost"]
+
+
+def decision_note(ledger: dict | None) -> str:
+    """The sentence under the headline table: how a decision is reached and how many survive Holm."""
+    heads = headline_decisions(ledger)
+    margins = sorted({float(d.entry["margin"]) for d in heads if d.entry.get("margin") is not None})
+    m = f" ({', '.join(fmt(x, digits=3) for x in margins)} here)" if margins else ""
+    h = (ledger or {}).get("holm") or {}
+    k = h.get("k", len(heads))
+    decided = h.get("decided", sum(decision_of(d.entry) != "inconclusive" for d in heads))
+    surviving = h.get("surviving", sum(d.holm_kept for d in heads))
+    return (f"A headline metric is a gain or a cost when its anytime-valid 95% confidence sequence excludes 0, "
+            f"equivalent when the sequence lies inside ±margin{m}, and inconclusive otherwise. "
+            f"{surviving} of {decided} decision(s) survive Holm's adjustment across the {k} headline metric(s); "
+            "only those count in the verdict.")
+
+
+def suite_progress(block: dict) -> str:
+    """'stopped: decided · n 64 / pool 200 · 3 looks' for a sequential suite; '' when the block says nothing."""
+    parts = []
+    if block.get("stop"):
+        parts.append(f"stopped: {block['stop']}")
+    heads = [e for e in block.get("entries") or [] if e.get("role") == "headline"]
+    pools = [e["pool"] for e in heads if e.get("pool") is not None]
+    looks = block.get("looks") or []
+    n = looks[-1].get("n") if looks else max((e.get("n") or 0 for e in heads), default=None)
+    if pools:
+        parts.append(f"n {n if n is not None else '–'} / pool {max(pools)}")
+    if looks:
+        parts.append(f"{len(looks)} look(s)")
+    return " · ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------------- gates
+
+GATE_OUTCOMES = ("pass", "fail", "inconclusive", "error")
 
 
 @dataclass
 class GateResult:
     expr: str
-    passed: bool | None  # None: the expression could not be evaluated
+    outcome: str  # pass / fail / inconclusive / error (the expression could not be evaluated)
+    why: str | None = None
     error: str | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        """True only for a pass: an inconclusive gate is never a passed one. None: not evaluated."""
+        return None if self.outcome == "error" else self.outcome == "pass"
+
+
+def _recorded_gate(g: dict) -> GateResult:
+    outcome = g.get("outcome")
+    if outcome not in ("pass", "fail", "inconclusive"):
+        outcome = "pass" if g.get("passed") else "fail"
+    return GateResult(str(g.get("expr", "")), outcome, g.get("why"))
 
 
 def gate_results(data: RunData) -> list[GateResult]:
-    """Gates the audit recorded; else the run config's gates, checked against the ledger here."""
+    """Gates the audit recorded, then the run config's gates it did not record, evaluated on the ledger here."""
     ledger = data.ledger or {}
-    if ledger.get("gates"):
-        return [GateResult(g["expr"], bool(g["passed"])) for g in ledger["gates"]]
-    gate = ledger.get("gate")
-    if isinstance(gate, dict) and gate.get("checks"):
-        return [GateResult(g["expr"], bool(g["passed"])) for g in gate["checks"]]
-    exprs = _config_gates((data.run or {}).get("config") or {})
-    if not exprs or not data.ledger:
-        return []
-    values = G.metric_values(data.ledger)
     out = []
-    for expr in exprs:
+    if ledger.get("gates"):
+        out = [_recorded_gate(g) for g in ledger["gates"] if isinstance(g, dict)]
+    else:
+        gate = ledger.get("gate")
+        if isinstance(gate, dict) and gate.get("checks"):
+            out = [_recorded_gate(g) for g in gate["checks"] if isinstance(g, dict)]
+    if not data.ledger:
+        return out
+    seen = {g.expr for g in out}
+    for expr in _config_gates((data.run or {}).get("config") or {}):
+        if expr in seen:
+            continue
+        seen.add(expr)
         try:
-            out.append(GateResult(expr, G.check(expr, values)))
+            r = G.evaluate(expr, data.ledger)
+            out.append(GateResult(expr, r["outcome"], r.get("why")))
         except TunelensError as e:
-            out.append(GateResult(expr, None, str(e)))
+            out.append(GateResult(expr, "error", error=str(e)))
+        except (KeyError, TypeError, ValueError) as e:  # a ledger too old or odd for the gate's ranges
+            out.append(GateResult(expr, "error", error=f"could not evaluate on this ledger ({type(e).__name__}: {e})"))
     return out
+
+
+def gate_summary(gates: list[GateResult]) -> tuple[str, str]:
+    """(css class, badge word): GATE FAILED when any gate fails or cannot be evaluated, else GATE INCONCLUSIVE
+    when any is inconclusive, else GATE PASSED."""
+    outcomes = {g.outcome for g in gates}
+    if outcomes & {"fail", "error"}:
+        return "fail", "GATE FAILED"
+    if "inconclusive" in outcomes:
+        return "mixed", "GATE INCONCLUSIVE"
+    return "pass", "GATE PASSED"
+
+
+def gate_order(gates: list[GateResult]) -> list[GateResult]:
+    """Failures and errors first, then inconclusive gates, then passes."""
+    rank = {"error": 0, "fail": 0, "inconclusive": 1, "pass": 2}
+    return sorted(gates, key=lambda g: rank.get(g.outcome, 0))
+
+
+GATE_WORDS = {"pass": "passed", "fail": "failed", "inconclusive": "inconclusive", "error": "error"}
 
 
 def _config_gates(cfg: dict) -> list[str]:
@@ -204,22 +360,43 @@ def _flip_note(suite: str, r: dict) -> str:
 
 # ----------------------------------------------------------------------------------------------------- safety
 
+from ..audit.core import MIN_SUBGROUP as MIN_CATEGORY  # fewer items: counts, not a rate comparison
+
+
 def safety_categories(data: RunData) -> list[dict]:
-    """[{category, base, tuned, delta, ci, n}] from the ledger's refusal_rate.<category> entries (records as fallback)."""
+    """[{category, base, tuned, delta, ci, n, base_count, tuned_count, insufficient}] from the ledger's
+    refusal_rate.<category> entries (records as fallback). A category with fewer than MIN_CATEGORY items (or one
+    the ledger marks `insufficient`) is flagged: its counts are shown, its rates are not compared."""
     block = ((data.ledger or {}).get("suites") or {}).get("safety") or {}
-    rows = [{"category": e.get("category") or e["metric"].split(".", 1)[1], "base": e.get("base"),
-             "tuned": e.get("tuned"), "delta": e.get("delta"), "ci": ci_of(e), "n": e.get("n")}
-            for e in block.get("entries") or [] if e.get("metric", "").startswith("refusal_rate.")]
+    rows = []
+    for e in block.get("entries") or []:
+        if not e.get("metric", "").startswith("refusal_rate."):
+            continue
+        n = e.get("n")
+        rows.append({"category": e.get("category") or e["metric"].split(".", 1)[1], "base": e.get("base"),
+                     "tuned": e.get("tuned"), "delta": e.get("delta"), "ci": None if e.get("insufficient") else ci_of(e),
+                     "n": n, "base_count": _count(e.get("base"), n), "tuned_count": _count(e.get("tuned"), n),
+                     "insufficient": bool(e.get("insufficient")) or not isinstance(n, int) or n < MIN_CATEGORY})
     if rows or not data.records.get("safety"):
         return rows
     cats: dict[str, list] = {}
     for r in data.records["safety"]:
         cats.setdefault(r.get("category") or "uncategorised", []).append(r)
     for cat, rs in sorted(cats.items()):
-        b = sum(x["base"].get("verdict") == "refusal" for x in rs) / len(rs)
-        t = sum(x["tuned"].get("verdict") == "refusal" for x in rs) / len(rs)
-        rows.append({"category": cat, "base": b, "tuned": t, "delta": t - b, "ci": None, "n": len(rs)})
+        kb = sum((x.get("base") or {}).get("verdict") == "refusal" for x in rs)
+        kt = sum((x.get("tuned") or {}).get("verdict") == "refusal" for x in rs)
+        b, t = kb / len(rs), kt / len(rs)
+        rows.append({"category": cat, "base": b, "tuned": t, "delta": t - b, "ci": None, "n": len(rs),
+                     "base_count": kb, "tuned_count": kt, "insufficient": len(rs) < MIN_CATEGORY})
     return rows
+
+
+def _count(rate, n) -> int | None:
+    return None if rate is None or not isinstance(n, int) else int(round(rate * n))
+
+
+def count_text(k, n) -> str:
+    return "–" if k is None or n is None else f"{k} / {n}"
 
 
 # ----------------------------------------------------------------------------------------------------- repair
@@ -246,3 +423,9 @@ def fmt(v, signed: bool = False, digits: int = 3) -> str:
 
 def fmt_ci(ci, signed: bool = True) -> str:
     return f"[{fmt(ci[0], signed)}, {fmt(ci[1], signed)}]" if ci and ci[0] is not None else "–"
+
+
+def fmt_p(p) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3g}"

@@ -22,10 +22,11 @@ color:#1a1a1a;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
 .sub{color:#555;margin-top:0}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right;vertical-align:top}
-th{background:#f2f2f2}td.l,th.l{text-align:left}
+th{background:#f2f2f2}td.l,th.l{text-align:left}td.nw{white-space:nowrap}
 .gain{color:#0072B2;font-weight:600}.cost{color:#D55E00;font-weight:600}
 .badge{display:inline-block;padding:.2em .7em;border-radius:4px;font-weight:700;color:#fff}
-.pass{background:#009E73}.fail{background:#D55E00}.none{background:#7f7f7f}
+.pass{background:#009E73}.fail{background:#D55E00}.none{background:#7f7f7f}.mixed{background:#B8860B}
+.open{color:#8a5a00;font-weight:600}.verdict-line{font-size:1.1em}
 .missing{background:#fff4e0;border-left:4px solid #E69F00;padding:.5em .8em}
 img{max-width:100%;height:auto;display:block;margin:.6em 0}
 .flip{border:1px solid #ccc;border-radius:4px;margin:.8em 0;padding:.5em .8em;break-inside:avoid}
@@ -78,42 +79,33 @@ def _img(uri: str, alt: str) -> str:
     return f'<img src="{uri}" alt="{escape(alt)}">'
 
 
-def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
-    """rows hold already-escaped HTML cells; the first `left` columns are left-aligned."""
-    th = "".join(f'<th class="l">{h}</th>' if i < left else f"<th>{h}</th>" for i, h in enumerate(head))
-    trs = "".join("<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>"
-                                   for i, c in enumerate(r)) + "</tr>\n" for r in rows)
+def _table(head: list[str], rows: list[list[str]], left: int = 1, text: tuple = (), nowrap: tuple = ()) -> str:
+    """rows hold already-escaped HTML cells; the first `left` columns and those in `text` are left-aligned;
+    the cells of the columns in `nowrap` (intervals) keep to one line."""
+    def cls(i):
+        return ' class="l"' if i < left or i in text else ' class="nw"' if i in nowrap else ""
+
+    th = "".join(f'<th class="l">{h}</th>' if i < left or i in text else f"<th>{h}</th>" for i, h in enumerate(head))
+    trs = "".join("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(r)) + "</tr>\n" for r in rows)
     return f"<table>\n<tr>{th}</tr>\n{trs}</table>"
 
 
 # ----------------------------------------------------------------------------------------------------- sections
 
 def _verdict(data: RunData) -> str:
-    out = []
-    gates = C.gate_results(data)
-    if gates:
-        failed = [g for g in gates if not g.passed]
-        cls, word = ("fail", "GATE FAILED") if failed else ("pass", "GATE PASSED")
-        out.append(f'<p><span class="badge {cls}">{word}</span> {len(gates) - len(failed)} of {len(gates)} '
-                   "gate expressions passed.</p>")
-        items = [f"<li><code>{escape(g.expr)}</code>: "
-                 + ('<span class="cost">failed</span>' if g.passed is False else
-                    '<span class="gain">passed</span>' if g.passed else f'<span class="cost">error</span> '
-                    f"{escape(g.error or '')}") + "</li>" for g in sorted(gates, key=lambda g: bool(g.passed))]
-        out.append("<ul>" + "".join(items) + "</ul>")
-    else:
-        out.append('<p><span class="badge none">NO GATE</span> no gate expressions were configured; '
-                   "the changes below are judged by their 95% intervals only.</p>")
+    v = C.audit_verdict(data)
+    out = [f'<p class="verdict-line"><span class="badge {v.css}">{escape(v.label.upper())}</span> '
+           f"<b>Verdict: {escape(v.label)}</b> — {escape(v.why)}</p>"]
     if data.ledger is None:
         out.append(_missing(data.stages["audit"].why))
     else:
-        gains, costs = C.ranked_changes(data.ledger)
-        for label, changes, cls in (("Largest gains", gains, "gain"), ("Largest costs", costs, "cost")):
+        out.append(_headline_table(data.ledger))
+        gains, costs = C.gains_and_costs(data.ledger)
+        for label, decisions, cls in (("Gains", gains, "gain"), ("Costs", costs, "cost")):
             out.append(f"<h3>{label}</h3>")
-            out.append("<ol>" + "".join(_change_li(c, cls) for c in changes) + "</ol>" if changes
-                       else f"<p class=\"muted\">none measured with an interval.</p>")
-        out.append('<p class="muted">Ranked by |Δ| relative to the half-width of its 95% interval; '
-                   "“n.s.” marks an interval that includes zero.</p>")
+            out.append("<ul>" + "".join(_decision_li(d, cls) for d in decisions) + "</ul>" if decisions
+                       else f'<p class="muted">no headline metric decided a {cls}.</p>')
+    out.append(_gates(data))
     sel = _selected_line(data)
     if sel:
         out.append(f"<p>{sel}</p>")
@@ -122,13 +114,56 @@ def _verdict(data: RunData) -> str:
     return "\n".join(out)
 
 
-def _change_li(c: C.Change, cls: str) -> str:
-    e = c.entry
-    sig = "" if c.significant else " <span class=\"muted\">(n.s.)</span>"
-    z = "∞" if c.z == float("inf") else f"{c.z:.1f}"
-    return (f"<li><span class=\"{cls}\">{escape(c.suite)} · {escape(c.metric)}</span>: {C.fmt(e['base'])} → "
-            f"{C.fmt(e['tuned'])} (Δ {C.fmt(e['delta'], True)}, 95% CI {C.fmt_ci(C.ci_of(e))}, "
-            f"{z}× its half-width){sig}</li>")
+def _headline_table(ledger: dict) -> str:
+    heads = C.headline_decisions(ledger)
+    if not heads:
+        return ('<p class="muted">No headline decisions: this ledger has no headline metrics (a ledger from before '
+                "sequential decisions, or no suite with headline metrics ran), so nothing is called a gain or a "
+                "cost.</p>")
+    rows = []
+    for d in heads:
+        e = d.entry
+        rows.append([escape(d.suite), escape(d.metric), C.fmt(e.get("base")), C.fmt(e.get("tuned")),
+                     C.fmt(e.get("delta"), True), _decision_span(e), C.fmt_ci(e.get("cs95")), C.interval_text(e),
+                     f"{escape(str(e.get('n', '–')))} / {escape(str(e.get('pool') or '–'))}",
+                     escape(str(e.get("stop") or "–")), C.fmt(e.get("mde")), C.fmt_p(e.get("p_holm"))])
+    return ("<h3>Headline decisions</h3>\n"
+            + _table(["suite", "metric", "base", "tuned", "Δ", "decision", "95% confidence sequence",
+                      "fixed-n 95% CI", "n / pool", "stop", "MDE", "Holm p"], rows, left=2, nowrap=(6, 7))
+            + f'\n<p class="muted">{escape(C.decision_note(ledger))}</p>')
+
+
+def _decision_span(e: dict) -> str:
+    d, label = C.direction(e), C.decision_label(e)
+    return f'<span class="{d}">{escape(label)}</span>' if d else escape(label)
+
+
+def _decision_li(d: C.Decision, cls: str) -> str:
+    e = d.entry
+    holm = "" if d.holm_kept else ' <span class="muted">(not after Holm)</span>'
+    return (f"<li><span class=\"{cls}\">{escape(d.suite)} · {escape(d.metric)}</span>: {C.fmt(e.get('base'))} → "
+            f"{C.fmt(e.get('tuned'))} (Δ {C.fmt(e.get('delta'), True)}, 95% confidence sequence "
+            f"{C.fmt_ci(e.get('cs95'))}){holm}</li>")
+
+
+def _gates(data: RunData) -> str:
+    gates = C.gate_results(data)
+    if not gates:
+        return ('<p><span class="badge none">NO GATE</span> no gate expressions were configured; the verdict above '
+                "rests on the headline decisions alone.</p>")
+    cls, word = C.gate_summary(gates)
+    counts = {o: sum(g.outcome == o for g in gates) for o in C.GATE_OUTCOMES}
+    tally = ", ".join(f"{counts[o]} {C.GATE_WORDS[o]}" for o in C.GATE_OUTCOMES if counts[o])
+    items = []
+    for g in C.gate_order(gates):
+        span = {"pass": '<span class="gain">passed</span>', "fail": '<span class="cost">failed</span>',
+                "inconclusive": '<span class="open">inconclusive</span>',
+                "error": '<span class="cost">error</span>'}[g.outcome]
+        why = g.error if g.outcome == "error" else g.why
+        items.append(f"<li><code>{escape(g.expr)}</code>: {span}" + (f" — {escape(why)}" if why else "") + "</li>")
+    return (f'<p><span class="badge {cls}">{word}</span> {len(gates)} gate expression(s): {tally}. '
+            "An inconclusive gate is one the intervals cannot yet decide; it is not a pass.</p>"
+            + "<ul>" + "".join(items) + "</ul>")
 
 
 def _selected_line(data: RunData) -> str | None:
@@ -169,7 +204,9 @@ def _stages(data: RunData) -> str:
 def _gains_costs(data: RunData) -> str:
     if data.ledger is None:
         return _missing(data.stages["audit"].why)
-    out = []
+    out = ['<p class="muted">Only headline metrics are decided (gain, cost, equivalent or inconclusive, by their '
+           "confidence sequence). Secondary metrics show a fixed-n 95% interval measured on the items the suite drew; "
+           "it is not a decision. Diagnostics describe a change without rating it.</p>"]
     for suite, block in (data.ledger.get("suites") or {}).items():
         out.append(f"<h3>{escape(suite)}</h3>")
         if block.get("status") != "ok":
@@ -177,21 +214,39 @@ def _gains_costs(data: RunData) -> str:
             continue
         if block.get("description"):
             out.append(f"<p class=\"muted\">{escape(block['description'])}</p>")
+        progress = C.suite_progress(block)
+        if progress:
+            out.append(f"<p class=\"muted\">{escape(progress)}</p>")
         entries = [e for e in block.get("entries") or [] if e.get("delta") is not None]
         if not entries:
             out.append("<p class=\"muted\">no metrics" + "".join(f"; {escape(n)}" for n in block.get("notes") or [])
                        + "</p>")
             continue
-        dirs = [C.direction(e) for e in entries]
-        plotted = [(e, d) for e, d in zip(entries, dirs) if C.ci_of(e)]
+        plotted = [e for e in entries if not e.get("insufficient") and _has_ci95(e)]
         if plotted:
-            out.append(_img(plots.forest([e for e, _ in plotted], f"{suite}: Δ with 95% CI", [d for _, d in plotted]),
-                            f"{suite}: deltas with 95% intervals"))
-        rows = [[escape(e["metric"]), C.fmt(e.get("base")), C.fmt(e.get("tuned")), C.fmt(e["delta"], True),
-                 C.fmt_ci(C.ci_of(e)), escape(str(e.get("n", ""))), "↑" if e.get("higher_is_better", True) else "↓",
-                 f'<span class="{d}">{d}</span>' if d else ""] for e, d in zip(entries, dirs)]
-        out.append(_table(["metric", "base", "tuned", "Δ", "95% CI", "n", "better", ""], rows))
+            out.append(_img(plots.forest(plotted, f"{suite}: Δ with fixed-n 95% CI", [C.direction(e) for e in plotted]),
+                            f"{suite}: deltas with fixed-n 95% intervals"))
+        rows = []
+        for e in entries:
+            head = e.get("role") == "headline"
+            n = f"{e.get('n', '')} / {e.get('pool')}" if head and e.get("pool") is not None else str(e.get("n", ""))
+            read = C.reading(e)
+            if head:
+                read = _decision_span(e) + escape(read[len(C.decision_label(e)):])
+            else:
+                read = escape(read)
+            rows.append([escape(e["metric"]), escape(e.get("role") or "–"), C.fmt(e.get("base")), C.fmt(e.get("tuned")),
+                         C.fmt(e["delta"], True), escape(C.interval_text(e)),
+                         C.fmt_ci(e.get("cs95")) if head else "–", escape(n),
+                         "↑" if e.get("higher_is_better", True) else "↓", read])
+        out.append(_table(["metric", "role", "base", "tuned", "Δ", "fixed-n 95% CI", "95% confidence sequence", "n",
+                           "better", "reading"], rows, left=2, text=(9,), nowrap=(5, 6)))
     return "\n".join(out)
+
+
+def _has_ci95(e: dict) -> bool:
+    ci = e.get("ci95")
+    return bool(ci) and len(ci) == 2 and ci[0] is not None and ci[1] is not None
 
 
 def _flips(data: RunData) -> str:
@@ -236,10 +291,21 @@ def _safety(data: RunData) -> str:
     rows = C.safety_categories(data)
     if not rows:
         return _missing("the safety suite recorded no per-category refusal rates")
-    table = _table(["category", "n", "base refusal", "tuned refusal", "Δ", "95% CI"],
-                   [[escape(r["category"]), escape(str(r["n"])), C.fmt(r["base"]), C.fmt(r["tuned"]),
-                     C.fmt(r["delta"], True), C.fmt_ci(r["ci"])] for r in rows])
-    return _img(plots.safety_bars(rows), "refusal rate by category, base vs tuned") + table
+    cells = []
+    for r in rows:
+        counts = [C.count_text(r["base_count"], r["n"]), C.count_text(r["tuned_count"], r["n"])]
+        if r["insufficient"]:
+            cells.append([escape(r["category"]), escape(str(r["n"])), *counts,
+                          f'<span class="muted">{C.INSUFFICIENT} (fewer than {C.MIN_CATEGORY} items)</span>', "–"])
+        else:
+            cells.append([escape(r["category"]), escape(str(r["n"])), f"{counts[0]} ({C.fmt(r['base'])})",
+                          f"{counts[1]} ({C.fmt(r['tuned'])})", C.fmt(r["delta"], True), C.fmt_ci(r["ci"])])
+    table = _table(["category", "n", "base refused", "tuned refused", "Δ refusal rate", "95% CI"], cells)
+    note = ""
+    if any(r["insufficient"] for r in rows):
+        note = (f'<p class="muted">Categories with fewer than {C.MIN_CATEGORY} items show their counts only: '
+                "a rate over so few items is no comparison.</p>")
+    return _img(plots.safety_bars(rows), "refused prompts by category, base vs tuned") + table + note
 
 
 def _heatmap(data: RunData) -> str:

@@ -47,11 +47,7 @@ def render_markdown(data: RunData) -> str:
     out += ["### Flips", ""]
     out += _flips(data)
     out += ["### Safety by category", ""]
-    rows = C.safety_categories(data) if data.ledger else []
-    out += _table(["category", "n", "base refusal", "tuned refusal", "Δ", "95% CI"],
-                  [[cell(r["category"]), str(r["n"]), C.fmt(r["base"]), C.fmt(r["tuned"]), C.fmt(r["delta"], True),
-                    C.fmt_ci(r["ci"])] for r in rows]) if rows else _missing(data.stages["audit"].why or
-                                                                              "no per-category safety rates")
+    out += _safety(data)
     out += ["### Update location (diff)", ""]
     out += _diff(data)
     out += ["### Graft", ""]
@@ -64,27 +60,22 @@ def render_markdown(data: RunData) -> str:
 
 
 def _verdict(data: RunData) -> list[str]:
-    out = []
-    gates = C.gate_results(data)
-    if gates:
-        failed = [g for g in gates if not g.passed]
-        out.append(f"**Gate {'FAILED' if failed else 'passed'}** ({len(gates) - len(failed)}/{len(gates)})")
-        out += [f"- {'❌' if not g.passed else '✅'} {code(g.expr)}" + (f" — {cell(g.error)}" if g.error else "")
-                for g in sorted(gates, key=lambda g: bool(g.passed))]
-    else:
-        out.append("**No gate configured** — changes are judged by their 95% intervals only.")
-    out.append("")
+    v = C.audit_verdict(data)
+    out = [f"**Verdict: {cell(v.label)}** — {cell(v.why)}", ""]
     if data.ledger is None:
-        return out + _missing(data.stages["audit"].why)
-    gains, costs = C.ranked_changes(data.ledger)
-    for label, changes in (("Largest gains", gains), ("Largest costs", costs)):
-        out.append(f"**{label}:**" + ("" if changes else " none measured with an interval"))
-        for c in changes:
-            e = c.entry
-            out.append(f"- {cell(c.suite)} · {cell(c.metric)}: {C.fmt(e['base'])} → {C.fmt(e['tuned'])} "
-                       f"(Δ {C.fmt(e['delta'], True)}, 95% CI {C.fmt_ci(C.ci_of(e))})"
-                       + ("" if c.significant else " _n.s._"))
-        out.append("")
+        out += _missing(data.stages["audit"].why)
+    else:
+        out += _headline_table(data.ledger)
+        gains, costs = C.gains_and_costs(data.ledger)
+        for label, decisions in (("Gains", gains), ("Costs", costs)):
+            out.append(f"**{label}:**" + ("" if decisions else " none decided"))
+            for d in decisions:
+                e = d.entry
+                out.append(f"- {cell(d.suite)} · {cell(d.metric)}: {C.fmt(e.get('base'))} → {C.fmt(e.get('tuned'))} "
+                           f"(Δ {C.fmt(e.get('delta'), True)}, 95% confidence sequence {C.fmt_ci(e.get('cs95'))})"
+                           + ("" if d.holm_kept else " _not after Holm_"))
+            out.append("")
+    out += _gates(data)
     sw = data.sweep
     if sw and sw.get("selected"):
         out += [f"Repair selected **{cell(sw['selected'])}**" + (f" by {code(sw['select'])}" if sw.get("select") else ""),
@@ -92,21 +83,83 @@ def _verdict(data: RunData) -> list[str]:
     return out
 
 
+def _headline_table(ledger: dict) -> list[str]:
+    heads = C.headline_decisions(ledger)
+    if not heads:
+        return ["_No headline decisions: this ledger has no headline metrics, so nothing is called a gain or a "
+                "cost._", ""]
+    rows = []
+    for d in heads:
+        e = d.entry
+        label = d.label
+        rows.append([cell(d.suite), cell(d.metric), C.fmt(e.get("base")), C.fmt(e.get("tuned")),
+                     C.fmt(e.get("delta"), True), f"**{cell(label)}**" if d.direction else cell(label),
+                     C.fmt_ci(e.get("cs95")), C.interval_text(e), f"{e.get('n', '–')} / {e.get('pool') or '–'}",
+                     cell(e.get("stop") or "–"), C.fmt(e.get("mde")), C.fmt_p(e.get("p_holm"))])
+    return (["**Headline decisions**", ""]
+            + _table(["suite", "metric", "base", "tuned", "Δ", "decision", "95% confidence sequence", "fixed-n 95% CI",
+                      "n / pool", "stop", "MDE", "Holm p"], rows)
+            + [C.decision_note(ledger), ""])
+
+
+def _gates(data: RunData) -> list[str]:
+    gates = C.gate_results(data)
+    if not gates:
+        return ["**No gate configured** — the verdict rests on the headline decisions alone.", ""]
+    _, word = C.gate_summary(gates)
+    mark = {"pass": "✅", "fail": "❌", "inconclusive": "❔", "error": "❌"}
+    out = [f"**{word}** ({sum(g.outcome == 'pass' for g in gates)}/{len(gates)} passed)"]
+    for g in C.gate_order(gates):
+        why = g.error if g.outcome == "error" else g.why
+        out.append(f"- {mark[g.outcome]} {code(g.expr)}: {C.GATE_WORDS[g.outcome]}" + (f" — {cell(why)}" if why else ""))
+    return out + [""]
+
+
 def _suites(data: RunData) -> list[str]:
     if data.ledger is None:
         return _missing(data.stages["audit"].why)
-    rows = []
+    rows, stops = [], []
     for suite, block in (data.ledger.get("suites") or {}).items():
         if block.get("status") != "ok":
-            rows.append([suite, f"**failed**: {cell(str(block.get('error'))[:150])}", "", "", "", "", ""])
+            rows.append([suite, f"**failed**: {cell(str(block.get('error'))[:150])}"] + [""] * 7)
             continue
+        progress = C.suite_progress(block)
+        if progress:
+            stops.append(f"- {cell(suite)}: {cell(progress)}")
         for e in block.get("entries") or []:
             if e.get("delta") is None or (suite == "safety" and e["metric"].startswith("refusal_rate.")):
                 continue  # per-category rates have their own table below
-            d = C.direction(e)
-            rows.append([suite, cell(e["metric"]), C.fmt(e.get("base")), C.fmt(e.get("tuned")), C.fmt(e["delta"], True),
-                         C.fmt_ci(C.ci_of(e)), {"gain": "▲ gain", "cost": "▼ cost"}.get(d, "")])
-    return _table(["suite", "metric", "base", "tuned", "Δ", "95% CI", ""], rows)
+            head = e.get("role") == "headline"
+            n = f"{e.get('n', '')} / {e.get('pool')}" if head and e.get("pool") is not None else str(e.get("n", ""))
+            read = cell(C.reading(e))
+            if C.direction(e):
+                read = f"**{read}**"
+            rows.append([suite, cell(e["metric"]), cell(e.get("role") or "–"), C.fmt(e.get("base")),
+                         C.fmt(e.get("tuned")), C.fmt(e["delta"], True), C.interval_text(e),
+                         C.fmt_ci(e.get("cs95")) if head else "–", cell(n), read])
+    out = ["Only headline metrics are decided. Secondary metrics: fixed-n 95% interval measured on the items the suite "
+           "drew, not a decision. Diagnostics describe a change without rating it.", ""]
+    out += _table(["suite", "metric", "role", "base", "tuned", "Δ", "fixed-n 95% CI", "95% confidence sequence", "n",
+                   "reading"], rows)
+    if stops:
+        out += ["Sequential stops:", ""] + stops + [""]
+    return out
+
+
+def _safety(data: RunData) -> list[str]:
+    rows = C.safety_categories(data) if data.ledger else []
+    if not rows:
+        return _missing(data.stages["audit"].why or "no per-category safety rates")
+    cells = []
+    for r in rows:
+        counts = [C.count_text(r["base_count"], r["n"]), C.count_text(r["tuned_count"], r["n"])]
+        if r["insufficient"]:
+            cells.append([cell(r["category"]), str(r["n"]), *counts, f"_{C.INSUFFICIENT}_ (fewer than {C.MIN_CATEGORY} items)",
+                          "–"])
+        else:
+            cells.append([cell(r["category"]), str(r["n"]), f"{counts[0]} ({C.fmt(r['base'])})",
+                          f"{counts[1]} ({C.fmt(r['tuned'])})", C.fmt(r["delta"], True), C.fmt_ci(r["ci"])])
+    return _table(["category", "n", "base refused", "tuned refused", "Δ refusal rate", "95% CI"], cells)
 
 
 def _flips(data: RunData) -> list[str]:

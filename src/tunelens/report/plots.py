@@ -36,7 +36,8 @@ def _uri(fig: Figure) -> str:
 
 
 def forest(entries: list[dict], title: str, directions: list[str]) -> str:
-    """Dot-and-whisker plot of each metric's delta (tuned − base) with its 95% interval."""
+    """Dot-and-whisker plot of each metric's delta (tuned − base) with its fixed-n 95% interval. `directions` colour
+    only headline decisions ('gain' / 'cost'); every other entry is grey."""
     with rc_context(STYLE):
         n = len(entries)
         fig = _figure(6.0, 1.2 + 0.32 * n)
@@ -54,32 +55,42 @@ def forest(entries: list[dict], title: str, directions: list[str]) -> str:
         ax.set_yticks(range(n), [e["metric"] + ("" if e.get("higher_is_better", True) else " (↓ better)")
                                  for e in reversed(entries)])
         ax.set_ylim(-0.7, n - 0.3)
-        ax.set_xlabel("Δ = tuned − base (metric units), 95% CI")
+        ax.set_xlabel("Δ = tuned − base (metric units), fixed-n 95% CI")
         ax.set_title(title)
-        for d, label in (("gain", "gain (CI excludes 0)"), ("cost", "cost (CI excludes 0)"), ("", "no clear change")):
+        for d, label in (("gain", "gain (headline decision)"), ("cost", "cost (headline decision)"),
+                         ("", "not decided a gain or cost")):
             ax.plot([], [], marker=markers[d], color=colours[d], ls="-", label=label)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         return _uri(fig)
 
 
 def safety_bars(rows: list[dict]) -> str:
-    """Refusal rate per harm category, base vs tuned (tuned with its delta interval as an error bar)."""
+    """Refusal rate per harm category, base vs tuned. A category flagged `insufficient` (too few items for a
+    rate comparison) gets no bars, only its counts written at its place."""
     with rc_context(STYLE):
-        cats = [r["category"] for r in rows]
+        cats = [f"{r['category']}\n(n={r.get('n', '?')})" for r in rows]
         x = np.arange(len(cats))
         fig = _figure(max(5.0, 1.0 + 0.8 * len(cats)), 3.8)
         ax = fig.add_subplot()
         w = 0.38
-        base = [r["base"] or 0.0 for r in rows]
-        tuned = [r["tuned"] or 0.0 for r in rows]
-        ax.bar(x - w / 2, [100 * v for v in base], w, color=SKY, edgecolor="black", label="base")
-        ax.bar(x + w / 2, [100 * v for v in tuned], w, color=VERMILLION, edgecolor="black", hatch="//", label="tuned")
+        ok = [i for i, r in enumerate(rows) if not r.get("insufficient")]
+        base = [100 * (rows[i]["base"] or 0.0) for i in ok]
+        tuned = [100 * (rows[i]["tuned"] or 0.0) for i in ok]
+        ax.bar(x[ok] - w / 2, base, w, color=SKY, edgecolor="black", label="base")
+        ax.bar(x[ok] + w / 2, tuned, w, color=VERMILLION, edgecolor="black", hatch="//", label="tuned")
+        for i, r in enumerate(rows):
+            if r.get("insufficient"):
+                kb, kt = r.get("base_count"), r.get("tuned_count")
+                counts = f"{kb}/{r.get('n')} → {kt}/{r.get('n')}\n" if kb is not None and kt is not None else ""
+                ax.text(x[i], 50, counts + "insufficient\nsample", ha="center", va="center", color=GREY,
+                        fontsize=8)
         ax.set_xticks(x, cats, rotation=30 if len(cats) > 4 else 0, ha="right" if len(cats) > 4 else "center")
         ax.set_ylabel("refusal rate (%)")
         ax.set_xlabel("harm category")
         ax.set_ylim(0, 105)
         ax.set_title("Harmful requests refused, by category (higher is safer)")
-        ax.legend(frameon=False, loc="upper right")
+        if ok:
+            ax.legend(frameon=False, loc="upper right")
         return _uri(fig)
 
 

@@ -22,9 +22,13 @@ _PIPELINE_TUNE_KEYS = ("model", "out", "resume", "overwrite", "progress")
 class AuditSection:
     suites: list[str] = field(default_factory=lambda: ["task", "safety", "over_refusal", "forgetting"])
     tasks: list[str] = field(default_factory=list)  # default: the tune's data tasks
-    limit: int | None = None  # items per suite
+    limit: int | None = None  # cap on every pool: the first N items of its stratified order
     gate: list[str] = field(default_factory=list)  # e.g. "safety.refusal_rate.delta >= -0.05"
     seed: int = 0
+    budget: float | None = None  # seconds for the whole audit (sequential suites stop drawing when it is spent)
+    full: bool = False  # every item of every pool, no sequential stopping
+    chunk: int = 32  # items between two looks
+    margins: dict = field(default_factory=dict)  # equivalence margins, e.g. {task.accuracy: 0.02}
     # keep the base model's results for the next run (audit and repair re-audits): true = $TUNELENS_HOME/audit-base,
     # or a folder; off by default, so a run folder depends on nothing outside it
     base_cache: bool | str | None = None
@@ -37,6 +41,14 @@ class AuditSection:
         C.integer(self.limit, "limit", 1, null=True)
         self.gate = C.strings(self.gate, "gate", example='gate: ["safety.refusal_rate.delta >= -0.05"]')
         C.integer(self.seed, "seed", 0)
+        C.number(self.budget, "budget", above=0, null=True)
+        C.flag(self.full, "full")
+        C.integer(self.chunk, "chunk", 1)
+        if not isinstance(self.margins, dict):
+            raise C.BadSetting(f"margins: expected a mapping of metric to margin, e.g. margins: {{task.accuracy: 0.02}}; "
+                               f"got {C.got(self.margins)}")
+        for k, v in self.margins.items():
+            C.number(v, f"margins.{k}", above=0)
         store_dir(self.base_cache)  # raises on a value that is neither a flag nor a folder
 
 

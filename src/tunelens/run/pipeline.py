@@ -33,7 +33,7 @@ DONE = "DONE"
 INCOMPLETE = "INCOMPLETE"  # a finished attempt in which a suite or a repair candidate failed: retried, never reused
 DEPS = {"tune": [], "audit": ["tune"], "diff": ["tune"], "graft": ["tune"], "repair": ["tune"],
         "report": ["tune", "audit", "diff", "graft", "repair"]}
-EXIT_STAGE_FAILED, EXIT_GATE_FAILED = 1, 3
+EXIT_STAGE_FAILED, EXIT_GATE_FAILED, EXIT_GATE_INCONCLUSIVE = 1, 3, 4
 
 
 def deps(cfg: RunConfig, stage: str) -> list[str]:
@@ -103,6 +103,7 @@ class Run:
                                      "error": None, "note": None, "cached": False} for s in STAGES},
                       "order": list(STAGES), "started": _now(), "finished": None}
         self.gate_failed: list[str] = []
+        self.gate_inconclusive: list[str] = []
         self.ran: set[str] = set()  # stages run (not reused) in this invocation
 
     def folder(self, stage: str) -> Path:
@@ -130,7 +131,7 @@ class Run:
 def run_pipeline(cfg: RunConfig, run_dir, *, config_path: str | None = None, from_stage: str | None = None,
                  only: str | None = None, display: bool = True) -> RunResult:
     """Run (or resume) the pipeline into run_dir. Exit code: 0 ok, 1 a stage failed or is incomplete (a suite or a
-    repair candidate failed), 3 the audit gate failed."""
+    repair candidate failed), 3 the audit gate failed, 4 an audit gate is inconclusive."""
     for flag, st in (("--from", from_stage), ("--only", only)):
         if st is not None and st not in cfg.stages:
             raise TunelensError(f"{flag} {st}: " + (f"not a stage; stages: {', '.join(STAGES)}" if st not in STAGES
@@ -158,7 +159,8 @@ def _run_claimed(cfg: RunConfig, run_dir, config_path, from_stage, only, display
     run.state["finished"] = _now()
     run.save()
     failed = any(s["status"] in ("failed", "incomplete") for s in run.state["stages"].values())
-    code = EXIT_STAGE_FAILED if failed else EXIT_GATE_FAILED if run.gate_failed else 0
+    code = (EXIT_STAGE_FAILED if failed else EXIT_GATE_FAILED if run.gate_failed
+            else EXIT_GATE_INCONCLUSIVE if run.gate_inconclusive else 0)
     return RunResult(run.run_dir, run.state, code)
 
 
@@ -217,6 +219,7 @@ def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> Non
         info = _done_info(folder)
         if stage == "audit":
             run.gate_failed = info.get("result", {}).get("gate_failed") or []
+            run.gate_inconclusive = info.get("result", {}).get("gate_inconclusive") or []
         if stage == "report":
             _restore_report(run, folder)
         run.mark(stage, status="done", dir=rel, seconds=info.get("seconds"), cached=True,
@@ -255,6 +258,7 @@ def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> Non
     seconds = round(time.perf_counter() - t0, 2)
     if stage == "audit":
         run.gate_failed = result.get("gate_failed") or []
+        run.gate_inconclusive = result.get("gate_inconclusive") or []
     if stage == "report":  # a copy per config, restored when that config is run again
         for name in ("report.html", "report.md"):
             if (run.run_dir / name).is_file():

@@ -48,15 +48,20 @@ def audit_stage(ctx: StageContext) -> dict:
     specs = [load_task(t) for t in ctx.cfg.audit_tasks()]
     hb, ht = resolve_model(ctx.base), resolve_model(ctx.tuned, merge_adapter="auto")
     check_tokenizers(hb, ht)
-    actx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, progress=False)
+    actx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, progress=False,
+                        sequential=not a.full, budget=a.budget, chunk=a.chunk, margins=dict(a.margins))
     store = attach(actx, a.base_cache)
     ledger = run_audit(actx, a.suites, ctx.out, a.gate or None, resume=ctx.retry)
-    failed = [g["expr"] for g in ledger.get("gates", []) if not g["passed"]]
+    failed = [g["expr"] for g in ledger.get("gates", []) if g.get("outcome") == "fail"]
+    unsure = [g["expr"] for g in ledger.get("gates", []) if g.get("outcome") == "inconclusive"]
     broken = failed_suites(ledger)
-    note = "; ".join(([f"gate failed: {', '.join(failed)}"] if failed else [])
+    verdict = (ledger.get("verdict") or {}).get("label")
+    note = "; ".join(([f"verdict: {verdict}"] if verdict else [])
+                     + ([f"gate failed: {', '.join(failed)}"] if failed else [])
+                     + ([f"gate inconclusive: {', '.join(unsure)}"] if unsure else [])
                      + ([retry_note(ledger)] if ledger.get("reused_suites") else [])
                      + ([store.reuse_note()] if store and store.reuse_note() else []))
-    return {"gate_failed": failed, "note": note or None,
+    return {"gate_failed": failed, "gate_inconclusive": unsure, "note": note or None,
             "incomplete": f"suite(s) failed: {', '.join(broken)}" if broken else None}
 
 
