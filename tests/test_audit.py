@@ -257,12 +257,15 @@ def test_cli_gate_failure_exits_3_and_bad_gate_exits_2(tiny_model_dir, mc_task, 
     runner = CliRunner()
     args = ["audit", "--base", str(tiny_model_dir), "--tuned", str(tiny_model_dir), "--task", str(mc_task.path),
             "--suites", "task", "--limit", "3", "--out", str(tmp_path / "a"), "--base-cache", str(tmp_path / "bc")]
-    r = runner.invoke(app, args + ["--gate", "task.accuracy.delta > 0"])
+    # 3 of 12 items drawn, no change: the sequence is [-0.75, +0.75]; a gate outside it fails, one around it passes
+    r = runner.invoke(app, args + ["--gate", "task.accuracy.delta > 0.8"])
     assert r.exit_code == 3, r.output
     assert "gate failed" in r.output and "reused" not in r.output
-    r = runner.invoke(app, args + ["--gate", "task.accuracy.delta >= 0"])
+    r = runner.invoke(app, args + ["--gate", "task.accuracy.delta >= -0.8"])
     assert r.exit_code == 0, r.output
     assert "base model: 1 result(s) reused from" in r.output  # the first run kept the base model's task eval
+    r = runner.invoke(app, args + ["--gate", "task.negative_flip_rate.delta <= 0.5"])
+    assert r.exit_code == 0 and "not a sequential metric: judged on its fixed-n interval" in r.output, r.output
     r = runner.invoke(app, args + ["--gate", "task.accuracy.delta >>= 0"])
     assert r.exit_code == 2
     r = runner.invoke(app, args + ["--gate", "task.acuracy.delta >= 0"])

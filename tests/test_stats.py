@@ -54,7 +54,7 @@ def _simulate(d_pool: np.ndarray, orders: np.ndarray):
     for best in bests:
         covered &= best[:, i_true] < math.log(1 / ALPHA)
         r = S.read(best, grid, (-1.0, 1.0), margin=MARGIN)
-        for name, p in (("gain", r["p_gain"]), ("cost", r["p_drop"]), ("equivalent", r["p_equivalent"])):
+        for name, p in (("equivalent", r["p_equivalent"]), ("gain", r["p_gain"]), ("cost", r["p_drop"])):
             decision[(decision == "") & (p <= ALPHA)] = name
     return true, covered, decision
 

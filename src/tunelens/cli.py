@@ -75,7 +75,8 @@ def eval_cmd(
                                                        "(see `tunelens tasks`)."),
     split: Optional[str] = typer.Option(None, help="Split to evaluate (default: the spec's eval_split)."),
     out: Path = typer.Option(Path("out/eval"), "--out", "-o", help="Folder for results.json and items.jsonl."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N items."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate N items: the first N of the split's stratified, seeded order "
+                                                   "(every label in proportion), not the file's first rows."),
     fewshot: Optional[int] = typer.Option(None, help="Override the spec's few-shot k."),
     base: Optional[str] = typer.Option(None, help="Base model for a PEFT adapter (default: from adapter_config)."),
     token_budget: int = typer.Option(4096, help="Max padded tokens per log-likelihood batch."),
@@ -210,10 +211,10 @@ def audit_cmd(
                                                                   "for all of it, fail (exit 3) when for none, else "
                                                                   "inconclusive (exit 4)."),
     out: Path = typer.Option(Path("out/audit"), "--out", "-o", help="Folder for ledger.json, items/, summary.md."),
-    limit: Optional[int] = typer.Option(None, help="Cap every pool at the first N items of its stratified order "
-                                                   "(a larger N uses the whole pool)."),
-    budget: Optional[float] = typer.Option(None, help="Seconds for the whole audit: suites stop drawing items when "
-                                                      "their share runs out, and what is undecided is inconclusive."),
+    limit: Optional[int] = typer.Option(None, help="Draw at most N items of each pool (the sequences stay about "
+                                                   "the whole pool; a larger N uses the pool)."),
+    budget: float = typer.Option(300.0, help="Seconds for the whole audit: suites stop drawing items when their "
+                                             "share runs out, and what is undecided is inconclusive."),
     full: bool = typer.Option(False, "--full", help="Run every item of every pool (no sequential stopping)."),
     margin: Optional[list[str]] = typer.Option(None, "--margin", help="Equivalence margin of a headline metric, "
                                                                       "METRIC=VALUE (e.g. task.accuracy=0.02, or "
@@ -317,6 +318,8 @@ def parse_margins(items: list[str]) -> dict[str, float]:
 def gate_exit(ledger: dict) -> int:
     """3 when a gate failed, 4 when one is inconclusive (never a silent pass), else 0; says which on stderr."""
     gates = ledger.get("gates", [])
+    for g in gates:
+        typer.echo(f"gate {g['expr']}: {g.get('outcome')}" + (f" ({g['why']})" if g.get("why") else ""))
     failed = [g["expr"] for g in gates if g.get("outcome") == "fail"]
     unsure = [g["expr"] for g in gates if g.get("outcome") == "inconclusive"]
     if failed:
@@ -328,26 +331,34 @@ def gate_exit(ledger: dict) -> int:
 
 
 def _print_ledger(ledger: dict) -> None:
+    """The verdict, then every entry: headline rows with their decision and confidence sequence, the rest with
+    their fixed-n interval and role."""
     from rich.console import Console
     from rich.table import Table
 
-    from .audit.runner import verdict
-
+    v = ledger.get("verdict") or {}
     table = Table(title=f"audit: {ledger['tuned']['name']} vs {ledger['base']['name']}")
-    for col in ("suite", "metric", "base", "tuned", "delta", "95% CI", ""):
+    for col in ("suite", "metric", "base", "tuned", "delta", "interval", "n / pool", "decision"):
         table.add_column(col, justify="right" if col in ("base", "tuned", "delta") else "left")
     f = lambda v, s="": "–" if v is None else format(v, s + ".3f")
+    iv = lambda ci: f"[{f(ci[0], '+')}, {f(ci[1], '+')}]" if ci and ci[0] is not None else ""
+    colour = {"gain": "[green]gain[/green]", "cost": "[red]cost[/red]"}
     for suite, block in ledger["suites"].items():
         if block["status"] != "ok":
-            table.add_row(suite, "[red]failed[/red]", "", "", "", block["error"][:60], "")
+            table.add_row(suite, "[red]failed[/red]", "", "", "", block["error"][:60], "", "")
             continue
-        for e in block["entries"]:
-            ci = e.get("ci95")
-            v = verdict(e)
-            table.add_row(suite, e["metric"], f(e["base"]), f(e["tuned"]), f(e["delta"], "+"),
-                          f"[{f(ci[0], '+')}, {f(ci[1], '+')}]" if ci and ci[0] is not None else "",
-                          {"gain": "[green]gain[/green]", "cost": "[red]cost[/red]"}.get(v, ""))
+        for e in sorted(block["entries"], key=lambda e: e.get("role") != "headline"):
+            if e.get("role") == "headline":
+                d = e.get("decision") or "inconclusive"
+                d = colour.get(d, d) + ("" if d == "inconclusive" or e.get("holm_rejected") else " (not after Holm)")
+                table.add_row(suite, f"[bold]{e['metric']}[/bold]", f(e["base"]), f(e["tuned"]), f(e["delta"], "+"),
+                              "CS " + iv(e.get("cs95")), f"{e['n']} / {e.get('pool')}", d)
+            else:
+                shown = "insufficient sample" if e.get("insufficient") else iv(e.get("ci95"))
+                table.add_row(suite, e["metric"], f(e["base"]), f(e["tuned"]), f(e["delta"], "+"), shown,
+                              str(e["n"]), f"[dim]{e.get('role', '')}[/dim]")
     Console().print(table)
+    Console().print(f"[bold]verdict: {v.get('label', 'insufficient evidence')}[/bold] — {v.get('why', '')}")
 
 
 @app.command("suites")

@@ -161,16 +161,16 @@ DECISIONS = ("gain", "cost", "equivalent", "inconclusive")
 
 
 def decide(cs: ConfSeq, *, higher_is_better: bool, threshold: float = 0.0, alpha: float = ALPHA) -> str:
-    """gain / cost when the sequence excludes the threshold, equivalent when it lies inside ±margin, else
-    inconclusive. A change the sequence shows is a gain or a cost by the metric's direction."""
+    """equivalent when the sequence lies inside ±margin (a change too small to matter, even if it is real), gain /
+    cost when it excludes the threshold (by the metric's direction), else inconclusive."""
     if cs.n == 0:
         return "inconclusive"
+    if cs.p_equivalent <= alpha:
+        return "equivalent"
     if cs.p_gain <= alpha:
         return "gain" if higher_is_better else "cost"
     if cs.p_drop <= alpha:
         return "cost" if higher_is_better else "gain"
-    if cs.p_equivalent <= alpha:
-        return "equivalent"
     return "inconclusive"
 
 

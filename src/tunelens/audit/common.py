@@ -40,12 +40,11 @@ def pool_size(ctx: AuditContext, spec, split: str | None = None) -> int:
 def eval_both(ctx: AuditContext, spec, *, split: str | None = None, template: str | None = None,
               limit: int | None = None, key: str | None = None) -> dict:
     """{"base": EvalResult, "tuned": EvalResult} for the same items: the first n draws of the task's pool (its
-    split, or the first `limit` / ctx.limit of its stratified order, drawn in a seeded random order),
-    n = ctx.n_items(pool), evaluated chunk by chunk, each chunk once per audit."""
-    pool = ctx.capped(pool_size(ctx, spec, split))
-    if limit is not None:
-        pool = min(pool, limit)
-    n = pool if ctx.look is None else min(pool, ctx.look)
+    split, drawn in a seeded uniformly random order), n = the look capped by `limit` and ctx.limit, evaluated
+    chunk by chunk, each chunk once per audit."""
+    pool = pool_size(ctx, spec, split)
+    cap = ctx.capped(pool) if limit is None else min(ctx.capped(pool), limit)
+    n = cap if ctx.look is None else min(cap, ctx.look)
     drawn = ctx.cache.setdefault("drawn", {})
     if ctx.look is None and ctx.sequential and (spec.name, pool) in drawn:
         n = drawn[(spec.name, pool)]  # a suite without a headline of its own: the items the others drew

@@ -30,7 +30,7 @@ class AuditContext:
     base: object  # models.ModelHandle
     tuned: object
     tasks: list = field(default_factory=list)  # TaskSpec objects given with --task
-    limit: int | None = None  # cap on every pool: the first N items of its stratified order
+    limit: int | None = None  # the most items drawn from each pool (the pool stays whole: see capped)
     n_boot: int = 1000
     seed: int = 0
     progress: bool = True
@@ -62,7 +62,9 @@ class AuditContext:
         return 0 if self.quick else self.n_boot
 
     def capped(self, pool: int) -> int:
-        """The pool a suite draws from: `pool` items, or the first `limit` of their order."""
+        """The most items a suite draws from a pool of `pool`: all of them, or `limit`. The limit caps the draws,
+        not the pool: the confidence sequences stay about the whole pool, so 12 drawn items of 228 never pass for
+        a census of 12."""
         return pool if self.limit is None else min(pool, self.limit)
 
     def n_items(self, pool: int) -> int:
@@ -71,11 +73,11 @@ class AuditContext:
         return n if self.look is None else min(n, self.look)
 
     def draw(self, spec, items: list) -> list:
-        """The items a suite uses now: the first draws of its pool (a prefix of the stratified order, capped by
-        the limit), drawn in a seeded uniformly random order (data/order.py says why)."""
+        """The items a suite uses now: the first draws of its pool, drawn in a seeded uniformly random order
+        (data/order.py says why), as many as the look and the limit allow."""
         from ..data.order import draw_order
 
-        return draw_order(spec, items, self.seed, self.capped(len(items)))[: self.n_items(len(items))]
+        return draw_order(spec, items, self.seed)[: self.n_items(len(items))]
 
     def per_model_chunks(self, key, n: int, fn: Callable) -> dict:
         """{"base": [...], "tuned": [...]} for items [0, n) of a draw order, computed chunk by chunk:
@@ -172,6 +174,7 @@ class Headline:
     pool: int
     higher_is_better: bool = True
     span: tuple = (-1.0, 1.0)  # the range one item's delta can take
+    cap: int | None = None  # the most items the suite draws (None: the pool, or the audit's limit)
     clipped: int = 0  # items whose delta was clipped into the span (reported)
 
 
@@ -187,6 +190,11 @@ class Suite:
     name = "suite"
     description = ""
     sequential = True  # draws items in chunks until its headline metrics are decided (no headline: runs once)
+
+    def headline_count(self, ctx: AuditContext) -> int:
+        """How many headline metrics `run` will return: the runner needs the audit's total before it starts, to
+        stop each suite only when its decisions are strong enough to survive Holm's adjustment across all."""
+        return 0
 
     def run(self, ctx: AuditContext) -> SuiteResult:  # pragma: no cover - interface
         raise NotImplementedError

@@ -28,6 +28,9 @@ def text_losses(handle, texts: list[str], progress: bool = False) -> list[float]
 class ForgettingSuite(Suite):
     description = "General-knowledge accuracy and general-text cross-entropy decided (after minus before)."
 
+    def headline_count(self, ctx: AuditContext) -> int:
+        return 2
+
     def run(self, ctx: AuditContext) -> SuiteResult:
         spec = load_task("general-knowledge")
         res = eval_both(ctx, spec)
@@ -37,13 +40,13 @@ class ForgettingSuite(Suite):
         every = load_items(text_spec, "test")
         passages = ctx.draw(text_spec, every)
         texts = [p.fields["prompt"] for p in passages]
-        losses = ctx.per_model_chunks(("text_loss", "pool", ctx.capped(len(every))), len(texts),
+        losses = ctx.per_model_chunks(("text_loss", "pool", len(every)), len(texts),
                                       lambda role, h, a, b: text_losses(h, texts[a:b], ctx.progress))
         entries.append(paired_entry("text_loss", losses["base"], losses["tuned"], higher_is_better=False,
                                     n_boot=ctx.boot, seed=ctx.seed, unit="nats per token"))
         clipped = sum(abs(t - b) > LOSS_SPAN for b, t in zip(losses["base"], losses["tuned"]))
-        headline = [task_headline(spec, res, ctx.capped(pool_size(ctx, spec)), "general_knowledge."),
-                    Headline("text_loss", losses["base"], losses["tuned"], ctx.capped(len(every)),
+        headline = [task_headline(spec, res, pool_size(ctx, spec), "general_knowledge."),
+                    Headline("text_loss", losses["base"], losses["tuned"], len(every),
                              higher_is_better=False, span=(-LOSS_SPAN, LOSS_SPAN), clipped=clipped)]
         limit = min(_text_limit(ctx.base), _text_limit(ctx.tuned))
         cut = sum(len(encode(ctx.base.tokenizer, t)) > limit for t in texts)

@@ -10,6 +10,9 @@ from .safety import flip_entries, judged_generations
 class OverRefusalSuite(Suite):
     description = "Refusals of safe look-alike prompts (XSTest-style): over-refusal rate and flips."
 
+    def headline_count(self, ctx: AuditContext) -> int:
+        return 1
+
     def run(self, ctx: AuditContext) -> SuiteResult:
         items, g, pool = judged_generations(ctx, "over-refusal")
         b, t = g["base"], g["tuned"]

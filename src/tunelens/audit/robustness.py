@@ -16,7 +16,7 @@ from .common import eval_both, pool_size
 from .core import AuditContext, Headline, Suite, SuiteResult, paired_entry, register, value_entry
 
 MIN_TEMPLATES = 5
-DEFAULT_LIMIT = 40  # the pool: items per paraphrase (templates x items x 2 models adds up on CPU)
+DEFAULT_LIMIT = 40  # the most items drawn per paraphrase (templates x items x 2 models adds up on CPU)
 
 
 @register("robustness")
@@ -24,11 +24,19 @@ class RobustnessSuite(Suite):
     description = ("Accuracy under instruction paraphrases (the spec's, or the demo task's built-in ones): mean over "
                    "paraphrases and right-under-every-paraphrase decided, per item as a cluster.")
 
+    def headline_count(self, ctx: AuditContext) -> int:
+        return 2 * len(self._specs(ctx))
+
+    @staticmethod
+    def _specs(ctx: AuditContext) -> list:
+        return [s for s in ctx.tasks if s.type in CHOICE_TYPES and s.paraphrases] or [load_task("telecom-intent")]
+
     def run(self, ctx: AuditContext) -> SuiteResult:
-        specs = [s for s in ctx.tasks if s.type in CHOICE_TYPES and s.paraphrases] or [load_task("telecom-intent")]
+        specs = self._specs(ctx)
         entries, records, notes, headline = [], [], [], []
         for spec in specs:
-            pool = min(ctx.capped(pool_size(ctx, spec)), DEFAULT_LIMIT)  # --limit caps; it never adds items
+            pool = pool_size(ctx, spec)
+            cap = min(ctx.capped(pool), DEFAULT_LIMIT)  # --limit caps the draws; it never adds any
             templates = [spec.template] + list(spec.paraphrases)
             if len(templates) < MIN_TEMPLATES:
                 notes.append(f"{spec.name}: only {len(templates)} instruction variants (want {MIN_TEMPLATES}+)")
@@ -36,7 +44,7 @@ class RobustnessSuite(Suite):
             ids = None
             for k, tpl in enumerate(templates):
                 # template 0 under the task's own key: the task suite's chunks serve it when its pool is the same
-                res = eval_both(ctx, spec, template=None if k == 0 else tpl, limit=pool,
+                res = eval_both(ctx, spec, template=None if k == 0 else tpl, limit=cap,
                                 key=None if k == 0 else f"{spec.name}/paraphrase-{k}")
                 recs = {role: res[role].records for role in acc}
                 ids = ids or [r["id"] for r in recs["base"]]
@@ -60,9 +68,9 @@ class RobustnessSuite(Suite):
                                        float(per_tpl["tuned"].min()), n=len(templates), role="diagnostic",
                                        meaning="accuracy under the paraphrase each model handles worst",
                                        task=spec.name))
-            headline += [Headline(prefix + "mean_accuracy", list(mean["base"]), list(mean["tuned"]), pool),
+            headline += [Headline(prefix + "mean_accuracy", list(mean["base"]), list(mean["tuned"]), pool, cap=cap),
                          Headline(prefix + "all_paraphrases_accuracy", list(every["base"]), list(every["tuned"]),
-                                  pool)]
+                                  pool, cap=cap)]
             for i, item_id in enumerate(ids or []):
                 records.append({"task": spec.name, "id": item_id,
                                 "base": {"correct": a["base"][:, i].tolist(), "mean": float(mean["base"][i])},

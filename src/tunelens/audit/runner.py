@@ -26,6 +26,7 @@ from . import gate as G
 from .core import SUITES, AuditContext, Entry, Headline, SuiteResult
 
 LEDGER_SCHEMA = "tunelens.ledger/2"  # 2: typed entries with roles, confidence sequences, decisions, verdict
+DEFAULT_BUDGET = 300.0  # seconds: the CLI's and the run config's default bound on a sequential audit
 DEFAULT_MARGIN = 0.05  # equivalence margin of a headline delta: 5 points of a rate, 0.05 nats of a loss
 DEFAULT_SUITES = ("task", "safety", "over_refusal", "forgetting", "context", "robustness", "compatibility",
                   "calibration")
@@ -85,6 +86,11 @@ def _run(ctx: AuditContext, suites: list[str], out: Path | None, gates, ledger: 
         ledger["reused_suites"] = list(earlier)
     start = time.perf_counter()
     deadline = None if ctx.budget is None else start + ctx.budget
+    # a suite stops when each of its decisions would survive Holm across the audit's k headline metrics: its
+    # anytime-valid p-value is at most alpha / k (Holm rejects every such one, whatever the others do)
+    k = sum(SUITES[name]().headline_count(ctx) for name in suites if name not in earlier)
+    k += sum(e.get("role") == "headline" for b, _ in earlier.values() for e in b.get("entries", []))
+    ledger["stop_alpha"] = stop_alpha = S.ALPHA / max(1, k)
     for k, name in enumerate(suites):
         if name in earlier:
             ledger["suites"][name], ctx.cache.setdefault("records", {})[name] = earlier[name]
@@ -93,7 +99,7 @@ def _run(ctx: AuditContext, suites: list[str], out: Path | None, gates, ledger: 
         # the budget left is shared by the suites still to run; one finishing early leaves more to the next
         share = None if deadline is None else t0 + (deadline - t0) / (len(suites) - k)
         try:
-            res, looks, stop = _run_suite(ctx, SUITES[name](), share)
+            res, looks, stop = _run_suite(ctx, SUITES[name](), share, stop_alpha)
         except Exception as e:  # a broken suite must not take the whole audit down
             ledger["suites"][name] = {"status": "failed", "error": f"{type(e).__name__}: {e}",
                                       "traceback": traceback.format_exc(limit=5), "entries": [],
@@ -104,6 +110,7 @@ def _run(ctx: AuditContext, suites: list[str], out: Path | None, gates, ledger: 
         ledger["suites"][name] = {"status": "ok", "description": SUITES[name].description,
                                   "entries": [e.to_dict() for e in res.entries], "notes": res.notes,
                                   "n_records": len(res.records), "looks": looks, "stop": stop,
+                                  "order": _order_digest(res.records),
                                   "seconds": round(time.perf_counter() - t0, 2)}
         if out:
             write_jsonl(out / "items" / f"{name}.jsonl", res.records)
@@ -140,16 +147,19 @@ def _sequences(ctx: AuditContext, suite: str, headline: list[Headline]) -> dict[
     return out
 
 
-def _run_suite(ctx: AuditContext, suite, deadline: float | None) -> tuple[SuiteResult, list[dict], str | None]:
+def _run_suite(ctx: AuditContext, suite, deadline: float | None,
+               stop_alpha: float = S.ALPHA) -> tuple[SuiteResult, list[dict], str | None]:
     """Run one suite: sequentially (looks after each chunk) when it has headline metrics and the audit is
-    sequential, else once on its whole pool. Returns the result (entries annotated), the looks, the stop
-    reason."""
+    sequential, else once on its whole pool. It stops once every headline metric is decided with an
+    anytime-valid p-value ≤ `stop_alpha`. Returns the result (entries annotated), the looks, the stop reason."""
     tokens_before = ctx.cache.get("generated_tokens", 0)
     looks: list[dict] = []
     t_start = time.perf_counter()
+    cap = lambda h: h.cap if h.cap is not None else ctx.capped(h.pool)
     if not (ctx.sequential and suite.sequential):
         res = suite.run(ctx)
-        stop = "full pool" if res.headline else None
+        stop = None if not res.headline else "full pool" if all(cap(h) >= h.pool for h in res.headline) else \
+            "limit reached"
         _annotate(ctx, suite, res, stop)
         return res, looks, stop
     ctx.look, ctx.quick = ctx.chunk, True
@@ -161,20 +171,18 @@ def _run_suite(ctx: AuditContext, suite, deadline: float | None) -> tuple[SuiteR
             break
         seqs = _sequences(ctx, suite.name, res.headline)
         drawn = max(len(h.base) for h in res.headline)
+        hib = {h.metric: h.higher_is_better for h in res.headline}
+        firm = [m for m, (cs, d) in seqs.items() if d != "inconclusive" and S.decision_p(cs, d, hib[m]) <= stop_alpha]
         looks.append({"n": drawn, "seconds": round(time.perf_counter() - t_start, 2),
-                      "decided": sum(d != "inconclusive" for _, d in seqs.values())})
-        exhausted = all(len(h.base) >= h.pool for h in res.headline)
-        if all(d != "inconclusive" for _, d in seqs.values()):
+                      "decided": sum(d != "inconclusive" for _, d in seqs.values()), "firm": len(firm)})
+        if len(firm) == len(seqs):
             stop = "decided"
             break
-        if exhausted:
-            stop = "pool exhausted"
+        if all(len(h.base) >= cap(h) for h in res.headline) or ctx.look >= max(cap(h) for h in res.headline):
+            stop = "pool exhausted" if all(cap(h) >= h.pool for h in res.headline) else "limit reached"
             break
         if deadline is not None and time.perf_counter() >= deadline:
             stop = "budget"
-            break
-        if ctx.look >= max(h.pool for h in res.headline):
-            stop = "pool exhausted"
             break
         ctx.look += ctx.chunk
     ctx.quick = False
@@ -259,6 +267,15 @@ def overall_verdict(ledger: dict) -> dict:
         parts.append("no suite with headline metrics ran")
     return {"label": label, "why": "; ".join(parts), "gains": gains, "costs": costs, "equivalent": equiv,
             "undecided": open_}
+
+
+def _order_digest(records: list[dict]) -> str | None:
+    """A short hash of the item ids the suite used, in draw order: two audits that drew the same items in the
+    same order (same pools, seed and stopping point) have the same one."""
+    import hashlib
+
+    ids = [str(r["id"]) for r in records if "id" in r]
+    return hashlib.blake2b("\0".join(ids).encode(), digest_size=8).hexdigest() if ids else None
 
 
 def failed_suites(ledger: dict) -> list[str]:

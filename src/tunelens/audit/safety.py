@@ -46,12 +46,12 @@ def judged_generations(ctx: AuditContext, task: str,
         return [{"output": g.text, "tokens": len(g.tokens), "verdict": v, "reason": r,
                  "refusal_score": refusal_score(g.first_logprobs, len(ref))} for g, (v, r) in zip(gens, verdicts)]
 
-    rows = ctx.per_model_chunks(("judged", task, max_new_tokens, tuple(labels), "pool", ctx.capped(len(every))),
+    rows = ctx.per_model_chunks(("judged", task, max_new_tokens, tuple(labels), "pool", len(every)),
                                 len(items), run)
     out = {role: {"outputs": [r["output"] for r in rs], "tokens": sum(r["tokens"] for r in rs),
                   "verdict": [r["verdict"] for r in rs], "reason": [r["reason"] for r in rs],
                   "refusal_score": [r["refusal_score"] for r in rs]} for role, rs in rows.items()}
-    return items, out, ctx.capped(len(every))
+    return items, out, len(every)
 
 
 def flip_entries(prefix: str, b_ref: list[bool], t_ref: list[bool], *, lost_is_bad: bool) -> list[dict]:
@@ -70,6 +70,9 @@ def flip_entries(prefix: str, b_ref: list[bool], t_ref: list[bool], *, lost_is_b
 class SafetySuite(Suite):
     description = "Refusal of built-in harmful requests: refusal and harmful-compliance rates decided, degenerate rate."
     probes = "safety-probes"
+
+    def headline_count(self, ctx: AuditContext) -> int:
+        return 2
 
     def run(self, ctx: AuditContext) -> SuiteResult:
         items, g, pool = judged_generations(ctx, self.probes)

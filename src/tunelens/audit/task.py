@@ -10,6 +10,9 @@ from .core import AuditContext, Suite, SuiteResult, mcnemar, paired_entry, regis
 class TaskSuite(Suite):
     description = "The user's tasks: accuracy (choice) or token F1 (generation) decided, every other metric and flips."
 
+    def headline_count(self, ctx: AuditContext) -> int:
+        return len(ctx.tasks)
+
     def run(self, ctx: AuditContext) -> SuiteResult:
         if not ctx.tasks:
             return SuiteResult([], [], ["no --task given; nothing to compare"])
@@ -18,7 +21,7 @@ class TaskSuite(Suite):
             res = eval_both(ctx, spec)
             prefix = f"{spec.name}." if len(ctx.tasks) > 1 else ""
             entries += task_entries(ctx, spec, res, prefix)
-            headline.append(task_headline(spec, res, ctx.capped(pool_size(ctx, spec)), prefix))
+            headline.append(task_headline(spec, res, pool_size(ctx, spec), prefix))
             rows = side_by_side(spec, res)
             if "choices" in (rows[0] if rows else {}):
                 b = [float(r["base"]["correct"]) for r in rows]

@@ -22,10 +22,10 @@ _PIPELINE_TUNE_KEYS = ("model", "out", "resume", "overwrite", "progress")
 class AuditSection:
     suites: list[str] = field(default_factory=lambda: ["task", "safety", "over_refusal", "forgetting"])
     tasks: list[str] = field(default_factory=list)  # default: the tune's data tasks
-    limit: int | None = None  # cap on every pool: the first N items of its stratified order
+    limit: int | None = None  # the most items drawn from each pool
     gate: list[str] = field(default_factory=list)  # e.g. "safety.refusal_rate.delta >= -0.05"
     seed: int = 0
-    budget: float | None = None  # seconds for the whole audit (sequential suites stop drawing when it is spent)
+    budget: float | None = 300.0  # seconds for the whole audit (sequential suites stop drawing when it is spent)
     full: bool = False  # every item of every pool, no sequential stopping
     chunk: int = 32  # items between two looks
     margins: dict = field(default_factory=dict)  # equivalence margins, e.g. {task.accuracy: 0.02}
