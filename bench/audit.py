@@ -84,10 +84,13 @@ def figures(full: dict, seq: dict) -> dict:
 
 
 def main() -> None:
+    from tunelens.run.config import AuditSection
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tuned", help="a tuned model or adapter (default: tune a quick LoRA first)")
     ap.add_argument("--tune-steps", type=int, default=16)
-    ap.add_argument("--budget", type=float, default=300.0, help="the sequential audit's --budget (default: the CLI's)")
+    ap.add_argument("--budget", type=float, default=AuditSection.budget,
+                    help="the sequential audit's --budget (default: the audit's, as in `tunelens audit`)")
     ap.add_argument("--suites", default=None, help="comma-separated suites (default: every built-in one)")
     ap.add_argument("--no-warm", action="store_true", help="skip the two audits with the base store warm")
     args = ap.parse_args()

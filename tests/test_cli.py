@@ -109,3 +109,13 @@ def test_missing_optional_extra_names_it_before_loading_models(monkeypatch, tmp_
     assert r.exit_code == 2, r.output
     assert "optional extra 'lmeval'" in r.output and "pip install 'tunelens[lmeval]'" in r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_audit_budget_default_is_the_run_configs():
+    """`tunelens audit` and a run config's audit section bound a sequential audit by the same default budget."""
+    import inspect
+
+    from tunelens.cli import audit_cmd
+    from tunelens.run.config import AuditSection
+
+    assert inspect.signature(audit_cmd).parameters["budget"].default.default == AuditSection.budget == 300.0

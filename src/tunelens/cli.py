@@ -336,6 +336,8 @@ def _print_ledger(ledger: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from .audit.runner import decision_label
+
     v = ledger.get("verdict") or {}
     table = Table(title=f"audit: {ledger['tuned']['name']} vs {ledger['base']['name']}")
     for col in ("suite", "metric", "base", "tuned", "delta", "interval", "n / pool", "decision"):
@@ -349,8 +351,8 @@ def _print_ledger(ledger: dict) -> None:
             continue
         for e in sorted(block["entries"], key=lambda e: e.get("role") != "headline"):
             if e.get("role") == "headline":
-                d = e.get("decision") or "inconclusive"
-                d = colour.get(d, d) + ("" if d == "inconclusive" or e.get("holm_rejected") else " (not after Holm)")
+                d, label = e.get("decision"), decision_label(e)
+                d = colour[d] + label[len(d):] if d in colour else label
                 table.add_row(suite, f"[bold]{e['metric']}[/bold]", f(e["base"]), f(e["tuned"]), f(e["delta"], "+"),
                               "CS " + iv(e.get("cs95")), f"{e['n']} / {e.get('pool')}", d)
             else:

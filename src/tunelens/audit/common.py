@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import metrics as M
-from ..data import load_items
 from ..evaluate import CHOICE_ITEM_METRICS, CHOICE_TYPES, EvalResult, evaluate
-from .core import AuditContext, paired_entry, paired_stat_entry
+from .core import AuditContext, Headline, paired_entry, paired_stat_entry
 
 # what a choice metric shows, for those that describe a change rather than rate it (see Entry.role)
 DIAGNOSTICS = {
@@ -31,10 +30,7 @@ def pool_size(ctx: AuditContext, spec, split: str | None = None) -> int:
     bridged = ctx.cache.get(("bridged", spec.name))
     if bridged is not None:
         return len(bridged["base"].records)
-    key = ("pool", spec.name, spec.path, split or spec.eval_split)
-    if key not in ctx.cache:
-        ctx.cache[key] = len(load_items(spec, split or spec.eval_split))
-    return ctx.cache[key]
+    return len(ctx.pool(spec, split or spec.eval_split))
 
 
 def eval_both(ctx: AuditContext, spec, *, split: str | None = None, template: str | None = None,
@@ -89,8 +85,6 @@ def task_entries(ctx: AuditContext, spec, res: dict, prefix: str = "") -> list[d
 
 def task_headline(spec, res: dict, pool: int, prefix: str = ""):
     """The task's headline series: accuracy for a choice task, token F1 for a generation task."""
-    from .core import Headline
-
     b, t = res["base"].records, res["tuned"].records
     if spec.type in CHOICE_TYPES:
         return Headline(prefix + "accuracy", [float(r["correct"]) for r in b], [float(r["correct"]) for r in t], pool)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..data import load_items, load_task
+from ..data import load_task
 from ..metrics import normalize_answer
 from .common import eval_both, pool_size
 from .core import AuditContext, Headline, Suite, SuiteResult, paired_entry, register
@@ -43,7 +43,7 @@ class ContextSuite(Suite):
         chat = load_task("counterfactual-context")
         # without a chat template the model needs an answer cue, else its first token is the newline stop
         plain = dataclasses.replace(chat, chat_template=False, template=chat.template.rstrip() + "\nAnswer:")
-        items = {it.id: it for it in load_items(chat, "test")}
+        items = {it.id: it for it in ctx.pool(chat)}
         entries, records, headline = [], [], []
         for mode, spec in (("chat", chat), ("plain", plain)):
             res = eval_both(ctx, spec, key=f"counterfactual-context/{mode}")

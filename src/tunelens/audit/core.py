@@ -72,12 +72,21 @@ class AuditContext:
         n = self.capped(pool)
         return n if self.look is None else min(n, self.look)
 
-    def draw(self, spec, items: list) -> list:
-        """The items a suite uses now: the first draws of its pool, drawn in a seeded uniformly random order
-        (data/order.py says why), as many as the look and the limit allow."""
+    def pool(self, spec, split: str = "test") -> list:
+        """A pool's items in draw order — seeded, uniformly random (data/order.py says why) — read once per
+        audit, not once per look."""
+        from ..data import load_items
         from ..data.order import draw_order
 
-        return draw_order(spec, items, self.seed)[: self.n_items(len(items))]
+        key = ("pool", spec.name, spec.path, split)
+        if key not in self.cache:
+            self.cache[key] = draw_order(spec, load_items(spec, split), self.seed)
+        return self.cache[key]
+
+    def draw(self, spec, split: str = "test") -> list:
+        """The items a suite uses now: the first draws of its pool, as many as the look and the limit allow."""
+        items = self.pool(spec, split)
+        return items[: self.n_items(len(items))]
 
     def per_model_chunks(self, key, n: int, fn: Callable) -> dict:
         """{"base": [...], "tuned": [...]} for items [0, n) of a draw order, computed chunk by chunk:
@@ -150,18 +159,10 @@ class Entry:
     insufficient: bool = False  # a subgroup too small for an interval: none is given
     extra: dict = field(default_factory=dict)  # task, category, count, mcnemar_p, templates, cluster, ...
 
-    ROLES = ("headline", "secondary", "diagnostic")
-
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "extra"}
         d.update(self.extra)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Entry":
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        return cls(**{k: v for k, v in d.items() if k in known},
-                   extra={k: v for k, v in d.items() if k not in known})
 
 
 @dataclass

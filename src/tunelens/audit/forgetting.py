@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..data import load_items, load_task
+from ..data import load_task
 from ..scoring import context_length, encode, loglikelihood
 from .common import eval_both, pool_size, task_entries, task_headline
 from .core import AuditContext, Headline, Suite, SuiteResult, paired_entry, register
@@ -37,16 +37,15 @@ class ForgettingSuite(Suite):
         entries = [e for e in task_entries(ctx, spec, res, "general_knowledge.")
                    if e.metric.endswith((".accuracy", ".p_vocab_correct"))]
         text_spec = load_task("general-text")
-        every = load_items(text_spec, "test")
-        passages = ctx.draw(text_spec, every)
+        passages, pool = ctx.draw(text_spec), len(ctx.pool(text_spec))
         texts = [p.fields["prompt"] for p in passages]
-        losses = ctx.per_model_chunks(("text_loss", "pool", len(every)), len(texts),
+        losses = ctx.per_model_chunks(("text_loss", "pool", pool), len(texts),
                                       lambda role, h, a, b: text_losses(h, texts[a:b], ctx.progress))
         entries.append(paired_entry("text_loss", losses["base"], losses["tuned"], higher_is_better=False,
                                     n_boot=ctx.boot, seed=ctx.seed, unit="nats per token"))
         clipped = sum(abs(t - b) > LOSS_SPAN for b, t in zip(losses["base"], losses["tuned"]))
         headline = [task_headline(spec, res, pool_size(ctx, spec), "general_knowledge."),
-                    Headline("text_loss", losses["base"], losses["tuned"], len(every),
+                    Headline("text_loss", losses["base"], losses["tuned"], pool,
                              higher_is_better=False, span=(-LOSS_SPAN, LOSS_SPAN), clipped=clipped)]
         limit = min(_text_limit(ctx.base), _text_limit(ctx.tuned))
         cut = sum(len(encode(ctx.base.tokenizer, t)) > limit for t in texts)

@@ -1,11 +1,11 @@
 """Run the suites for a base/tuned pair and write the ledger, per-suite items and a PR-ready summary.
 
-A suite with headline metrics runs sequentially: items are drawn in chunks along the pool's stratified order,
-and after each chunk every headline delta gets its anytime-valid confidence sequence (stats.py). The suite
-stops when each of them is decided — gain, cost (the sequence excludes 0) or equivalent (it lies inside
-±margin) — or when its pool or its share of the time budget runs out; what is undecided then stays
-inconclusive. The audit's verdict is built from the decisions that survive Holm's adjustment across all
-headline metrics of the audit.
+A suite with headline metrics runs sequentially: items are drawn from its pool in chunks, in a seeded uniformly
+random order, and after each chunk every headline delta gets its anytime-valid confidence sequence (stats.py).
+The suite stops when each of them is decided — equivalent (the sequence lies inside ±margin), gain or cost (it
+excludes 0) — firmly enough to survive Holm's adjustment across the audit, or when its pool, its limit or its
+share of the time budget runs out; what is undecided then stays inconclusive. The audit's verdict is built from
+the decisions that survive Holm's adjustment across all headline metrics of the audit.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from ..errors import TunelensError
 from ..io import atomic_open, read_jsonl, write_json, write_jsonl
 from ..outdir import put_back, set_aside
 from . import gate as G
-from .core import SUITES, AuditContext, Entry, Headline, SuiteResult
+from .core import SUITES, AuditContext, Headline, SuiteResult
 
 LEDGER_SCHEMA = "tunelens.ledger/2"  # 2: typed entries with roles, confidence sequences, decisions, verdict
-DEFAULT_BUDGET = 300.0  # seconds: the CLI's and the run config's default bound on a sequential audit
 DEFAULT_MARGIN = 0.05  # equivalence margin of a headline delta: 5 points of a rate, 0.05 nats of a loss
 DEFAULT_SUITES = ("task", "safety", "over_refusal", "forgetting", "context", "robustness", "compatibility",
                   "calibration")
@@ -91,13 +90,13 @@ def _run(ctx: AuditContext, suites: list[str], out: Path | None, gates, ledger: 
     k = sum(SUITES[name]().headline_count(ctx) for name in suites if name not in earlier)
     k += sum(e.get("role") == "headline" for b, _ in earlier.values() for e in b.get("entries", []))
     ledger["stop_alpha"] = stop_alpha = S.ALPHA / max(1, k)
-    for k, name in enumerate(suites):
+    for i, name in enumerate(suites):
         if name in earlier:
             ledger["suites"][name], ctx.cache.setdefault("records", {})[name] = earlier[name]
             continue
         t0 = time.perf_counter()
         # the budget left is shared by the suites still to run; one finishing early leaves more to the next
-        share = None if deadline is None else t0 + (deadline - t0) / (len(suites) - k)
+        share = None if deadline is None else t0 + (deadline - t0) / (len(suites) - i)
         try:
             res, looks, stop = _run_suite(ctx, SUITES[name](), share, stop_alpha)
         except Exception as e:  # a broken suite must not take the whole audit down
@@ -178,7 +177,7 @@ def _run_suite(ctx: AuditContext, suite, deadline: float | None,
         if len(firm) == len(seqs):
             stop = "decided"
             break
-        if all(len(h.base) >= cap(h) for h in res.headline) or ctx.look >= max(cap(h) for h in res.headline):
+        if ctx.look >= max(cap(h) for h in res.headline):  # every series has drawn all it may
             stop = "pool exhausted" if all(cap(h) >= h.pool for h in res.headline) else "limit reached"
             break
         if deadline is not None and time.perf_counter() >= deadline:
@@ -217,8 +216,7 @@ def _annotate(ctx: AuditContext, suite, res: SuiteResult, stop: str | None) -> N
 def apply_holm(ledger: dict) -> dict:
     """Holm's adjustment across every headline decision of the audit: each entry gets `p_holm` and
     `holm_rejected`; returns a summary (k, decided, surviving)."""
-    entries = [e for b in ledger["suites"].values() if b.get("status") == "ok" for e in b.get("entries", [])
-               if e.get("role") == "headline" and e.get("p") is not None]
+    entries = [e for _, e in headline_rows(ledger) if e.get("p") is not None]
     if not entries:
         return {"k": 0, "decided": 0, "surviving": 0}
     adj, rejected = S.holm([e["p"] for e in entries])
@@ -235,8 +233,7 @@ def overall_verdict(ledger: dict) -> dict:
     """One verdict from the headline decisions that survive Holm: `improved` (gains, no cost), `improved with
     costs`, `regressed` (costs and no gain on the task), `no material change` (every headline metric shown
     equivalent) or `insufficient evidence`. Nothing the sequences did not decide is labelled."""
-    heads = [(s, e) for s, b in ledger["suites"].items() if b.get("status") == "ok" for e in b.get("entries", [])
-             if e.get("role") == "headline"]
+    heads = headline_rows(ledger)
     kept = [(s, e) for s, e in heads if e.get("holm_rejected") and e.get("decision") not in (None, "inconclusive")]
     gains = [f"{s}.{e['metric']}" for s, e in kept if e["decision"] == "gain"]
     costs = [f"{s}.{e['metric']}" for s, e in kept if e["decision"] == "cost"]
@@ -314,21 +311,30 @@ def _fmt(v, signed=False) -> str:
     return f"{v:+.3f}" if signed else f"{v:.3f}"
 
 
-def verdict(entry: dict) -> str:
-    """'gain', 'cost', 'equivalent' or '' — a headline entry's decision; every other entry gets '' (its interval
-    is measured, not decided)."""
+def decision_of(entry: dict) -> str:
+    """A headline entry's decision (gain / cost / equivalent / inconclusive); '' for every other entry (its
+    interval is measured, not decided)."""
     if entry.get("role") != "headline":
         return ""
     d = entry.get("decision")
-    return d if d in ("gain", "cost", "equivalent") else ""
+    return d if d in S.DECISIONS else "inconclusive"
+
+
+def decision_label(entry: dict) -> str:
+    """The decision as summary.md, the CLI, the sweep table and the report print it: ' (not after Holm)'
+    appended to a decision Holm's adjustment undoes."""
+    d = decision_of(entry)
+    return d if d in ("", "inconclusive") or entry.get("holm_rejected") else f"{d} (not after Holm)"
 
 
 def _interval(ci) -> str:
     return f"[{_fmt(ci[0], True)}, {_fmt(ci[1], True)}]" if ci and ci[0] is not None else ""
 
 
-def headline_rows(ledger: dict) -> list[tuple[str, dict]]:
-    return [(s, e) for s, b in ledger["suites"].items() if b.get("status") == "ok" for e in b.get("entries", [])
+def headline_rows(ledger: dict | None) -> list[tuple[str, dict]]:
+    """(suite, entry) for every headline entry of the suites that finished, in ledger order."""
+    return [(s, e) for s, b in ((ledger or {}).get("suites") or {}).items()
+            if isinstance(b, dict) and b.get("status") == "ok" for e in b.get("entries") or []
             if e.get("role") == "headline"]
 
 
@@ -350,9 +356,7 @@ def summary_markdown(ledger: dict, records: dict) -> str:
                   "| suite | metric | base | tuned | delta | decision | 95% confidence sequence | fixed-n 95% CI | "
                   "n / pool | stop | MDE | Holm p |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for suite, e in heads:
-            decision = e.get("decision") or "inconclusive"
-            if decision != "inconclusive" and not e.get("holm_rejected"):
-                decision += " (not after Holm)"
+            decision = decision_label(e)
             lines.append(f"| {suite} | {e['metric']} | {_fmt(e['base'])} | {_fmt(e['tuned'])} | "
                          f"{_fmt(e['delta'], True)} | **{decision}** | {_interval(e.get('cs95'))} | "
                          f"{_interval(e.get('ci95'))} | {e['n']} / {e.get('pool')} | {e.get('stop') or ''} | "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..data import load_items, load_task, render_prompt
+from ..data import load_task, render_prompt
 from ..evaluate import CHOICE_TYPES
 from ..scoring import generate
 from .core import (AuditContext, Headline, Suite, SuiteResult, mcnemar, paired_entry, register, subgroup_entry,
@@ -32,8 +32,7 @@ def judged_generations(ctx: AuditContext, task: str,
     """Items of a built-in prompt set (the prefix of its stratified order the running suite uses now), per
     model: outputs, verdicts, reasons, refusal scores; and the pool size."""
     spec = load_task(task)
-    every = load_items(spec, "test")
-    items = ctx.draw(spec, every)
+    items, pool = ctx.draw(spec), len(ctx.pool(spec))
     labels = task_labels(ctx)
 
     def run(role, h, a, b):
@@ -46,12 +45,12 @@ def judged_generations(ctx: AuditContext, task: str,
         return [{"output": g.text, "tokens": len(g.tokens), "verdict": v, "reason": r,
                  "refusal_score": refusal_score(g.first_logprobs, len(ref))} for g, (v, r) in zip(gens, verdicts)]
 
-    rows = ctx.per_model_chunks(("judged", task, max_new_tokens, tuple(labels), "pool", len(every)),
+    rows = ctx.per_model_chunks(("judged", task, max_new_tokens, tuple(labels), "pool", pool),
                                 len(items), run)
     out = {role: {"outputs": [r["output"] for r in rs], "tokens": sum(r["tokens"] for r in rs),
                   "verdict": [r["verdict"] for r in rs], "reason": [r["reason"] for r in rs],
                   "refusal_score": [r["refusal_score"] for r in rs]} for role, rs in rows.items()}
-    return items, out, len(every)
+    return items, out, pool
 
 
 def flip_entries(prefix: str, b_ref: list[bool], t_ref: list[bool], *, lost_is_bad: bool) -> list[dict]:

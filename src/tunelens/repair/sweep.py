@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import checks as C
 from ..audit import gate as G
-from ..audit.runner import failed_suites
+from ..audit.runner import decision_label, failed_suites, headline_rows
 from ..checks import BadSetting
 from ..errors import TunelensError, suggest
 from ..io import atomic_open, write_json
@@ -57,14 +57,8 @@ def _audit(base_handle, model_spec: str, specs, suites, limit, out: Path, memo: 
 def decisions_of(ledger: dict) -> dict:
     """The headline decisions of an audit against the base (suite.metric -> gain / cost / equivalent /
     inconclusive, "(not after Holm)" appended when Holm's adjustment drops it) and its verdict."""
-    out = {}
-    for suite, block in ledger.get("suites", {}).items():
-        for e in block.get("entries", []):
-            if e.get("role") == "headline":
-                d = e.get("decision") or "inconclusive"
-                out[f"{suite}.{e['metric']}"] = d if d == "inconclusive" or e.get("holm_rejected") else \
-                    f"{d} (not after Holm)"
-    return {"decisions": out, "verdict": (ledger.get("verdict") or {}).get("label")}
+    return {"decisions": {f"{s}.{e['metric']}": decision_label(e) for s, e in headline_rows(ledger)},
+            "verdict": (ledger.get("verdict") or {}).get("label")}
 
 
 def axes_of(ledger: dict) -> list[str]:

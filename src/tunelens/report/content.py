@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..audit import gate as G
+from ..audit.runner import VERDICTS, decision_label, decision_of, headline_rows
 from ..errors import TunelensError
 from .load import RunData
 
@@ -28,25 +29,6 @@ def direction(entry: dict) -> str:
         return ""
     d = entry.get("decision")
     return d if d in ("gain", "cost") else ""
-
-
-def decision_of(entry: dict) -> str:
-    """A headline entry's decision (gain / cost / equivalent / inconclusive); '' for other entries."""
-    if entry.get("role") != "headline":
-        return ""
-    d = entry.get("decision")
-    return d if d in DECISIONS else "inconclusive"
-
-
-DECISIONS = ("gain", "cost", "equivalent", "inconclusive")
-
-
-def decision_label(entry: dict) -> str:
-    """The decision as the report prints it: ' (not after Holm)' appended to a decision Holm's adjustment undoes."""
-    d = decision_of(entry)
-    if d and d != "inconclusive" and not entry.get("holm_rejected"):
-        d += " (not after Holm)"
-    return d
 
 
 def interval_text(entry: dict) -> str:
@@ -78,8 +60,6 @@ def reading(entry: dict) -> str:
 
 # ----------------------------------------------------------------------------------------------------- verdict
 
-VERDICT_LABELS = ("improved", "improved with costs", "regressed", "no material change", "insufficient evidence")
-
 
 @dataclass
 class Verdict:
@@ -102,7 +82,7 @@ def audit_verdict(data_or_ledger) -> Verdict:
     if not ledger:
         return Verdict("insufficient evidence", "no audit ledger to judge the tuned model by", False)
     v = ledger.get("verdict")
-    if not isinstance(v, dict) or v.get("label") not in VERDICT_LABELS:
+    if not isinstance(v, dict) or v.get("label") not in VERDICTS:
         schema = ledger.get("schema") or "without a schema"
         return Verdict("insufficient evidence", f"this ledger ({schema}) records no sequential verdict, so no change "
                        "in it is decided; rerun `tunelens audit` for headline decisions", False)
@@ -134,9 +114,7 @@ class Decision:
 
 def headline_decisions(ledger: dict | None) -> list[Decision]:
     """Every headline entry of the suites that finished, in ledger order."""
-    return [Decision(suite, e) for suite, block in ((ledger or {}).get("suites") or {}).items()
-            if isinstance(block, dict) and block.get("status") == "ok"
-            for e in block.get("entries") or [] if e.get("role") == "headline"]
+    return [Decision(suite, e) for suite, e in headline_rows(ledger)]
 
 
 def gains_and_costs(ledger: dict | None) -> tuple[list[Decision], list[Decision]]:

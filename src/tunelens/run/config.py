@@ -25,7 +25,9 @@ class AuditSection:
     limit: int | None = None  # the most items drawn from each pool
     gate: list[str] = field(default_factory=list)  # e.g. "safety.refusal_rate.delta >= -0.05"
     seed: int = 0
-    budget: float | None = 300.0  # seconds for the whole audit (sequential suites stop drawing when it is spent)
+    # seconds for the whole audit (sequential suites stop drawing when it is spent); `tunelens audit --budget` has
+    # the same default (a test holds them equal)
+    budget: float | None = 300.0
     full: bool = False  # every item of every pool, no sequential stopping
     chunk: int = 32  # items between two looks
     margins: dict = field(default_factory=dict)  # equivalence margins, e.g. {task.accuracy: 0.02}
