@@ -220,3 +220,37 @@ def test_metric_entry():
 def test_empty_inputs_raise(call):
     with pytest.raises(ValueError, match="empty|no items|references"):
         call()
+
+
+# ----------------------------------------------------------------------------- numbers and units
+
+@pytest.mark.parametrize("text,expected", [
+    ("twelve", "12"), ("Twelve", "12"), ("zero", "0"), ("nineteen", "19"), ("ninety-nine", "99"),
+    ("twenty one", "21"), ("twenty-one", "21"), ("one hundred", "100"), ("a hundred", "100"),
+    ("one hundred and fifty", "150"), ("two thousand and five", "2005"), ("a thousand years", "1000 year"),
+    ("one thousand seven hundred and sixty", "1760"), ("three million", "3000000"),
+    ("1,500 people", "1500 people"), ("1,760", "1760"), ("10,000", "10000"),
+    ("seven kilometres", "7 km"), ("7 km", "7 km"), ("7km", "7 km"), ("7 kilometers", "7 km"),
+    ("12 feet", "12 foot"), ("twelve ft", "12 foot"), ("5 mins", "5 minute"), ("five minutes", "5 minute"),
+    ("60%", "60 percent"), ("sixty per cent", "60 percent"), ("32°F", "32 degree fahrenheit"),
+    ("32 degrees Fahrenheit", "32 degree fahrenheit"), ("110 kilometres per hour", "110 kmh"), ("110 km/h", "110 kmh"),
+    ("16 oz", "16 ounce"), ("six months", "6 month"),
+])
+def test_normalize_numbers(text, expected):
+    assert m.normalize_numbers(text) == expected
+
+
+def test_normalize_numbers_keeps_other_words_and_separate_numbers():
+    assert m.normalize_numbers("five six") == "5 6"  # two numbers, not 11
+    assert m.normalize_numbers("eleven twelve") == "11 12"
+    assert m.normalize_numbers("the 1990s") == "the 1990s"
+    assert m.normalize_numbers("H2O") == "h2o"
+    assert m.normalize_numbers("often") == "often" and m.normalize_numbers("a cat") == "a cat"
+    assert m.normalize_numbers("Don't stop") == "don't stop"
+
+
+@pytest.mark.parametrize("a,b", [("twelve", "12"), ("7 km", "seven kilometres"), ("1,500", "1500"),
+                                 ("every three years", "every 3 years"), ("100 degrees Celsius", "100 °C"),
+                                 ("2,000", "two thousand"), ("6 pints", "six pints")])
+def test_normalize_numbers_makes_spellings_agree(a, b):
+    assert m.normalize_answer(m.normalize_numbers(a)) == m.normalize_answer(m.normalize_numbers(b))

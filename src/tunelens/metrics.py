@@ -203,3 +203,132 @@ def bootstrap_ci_paired(fn: Callable[[np.ndarray], float], n: int, n_boot: int =
 
 def metric_entry(point: float, lo: float, hi: float) -> dict:
     return {"value": float(point), "ci95": [float(lo), float(hi)]}
+
+
+# ----------------------------------------------------------------------------- numbers and units
+
+_SMALL = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split())}
+_TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)}
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
+# spelling -> canonical unit (a plural, an abbreviation or a British/American spelling all become one word)
+_UNIT_SPELLINGS = {
+    "km": ("kilometre", "kilometres", "kilometer", "kilometers", "km", "kms"),
+    "m": ("metre", "metres", "meter", "meters"),
+    "cm": ("centimetre", "centimetres", "centimeter", "centimeters", "cm", "cms"),
+    "mm": ("millimetre", "millimetres", "millimeter", "millimeters", "mm"),
+    "kg": ("kilogram", "kilograms", "kilogramme", "kilogrammes", "kilo", "kilos", "kg", "kgs"),
+    "g": ("gram", "grams", "gramme", "grammes"),
+    "l": ("litre", "litres", "liter", "liters"),
+    "ml": ("millilitre", "millilitres", "milliliter", "milliliters", "ml"),
+    "mile": ("mile", "miles", "mi"),
+    "yard": ("yard", "yards", "yd", "yds"),
+    "foot": ("foot", "feet", "ft"),
+    "inch": ("inch", "inches"),
+    "pint": ("pint", "pints", "pt", "pts"),
+    "gallon": ("gallon", "gallons", "gal"),
+    "cup": ("cup", "cups"),
+    "ounce": ("ounce", "ounces", "oz"),
+    "pound": ("pound", "pounds", "lb", "lbs"),
+    "tonne": ("tonne", "tonnes", "ton", "tons"),
+    "second": ("second", "seconds", "sec", "secs"),
+    "minute": ("minute", "minutes", "min", "mins"),
+    "hour": ("hour", "hours", "hr", "hrs"),
+    "day": ("day", "days"),
+    "week": ("week", "weeks", "wk", "wks"),
+    "month": ("month", "months"),
+    "year": ("year", "years", "yr", "yrs"),
+    "degree": ("degree", "degrees", "deg"),
+    "percent": ("percent", "%"),
+    "point": ("point", "points"),
+    "fahrenheit": ("fahrenheit",),
+    "celsius": ("celsius", "centigrade"),
+}
+_UNITS = {s: c for c, spellings in _UNIT_SPELLINGS.items() for s in spellings}
+_PHRASES = [(re.compile(p), r) for p, r in (
+    (r"\bper cent\b", "percent"),
+    (r"\b(?:miles|mi) (?:per|an|a) hour\b", "mph"),
+    (r"\b(?:kilometres|kilometers|km) (?:per|an|a) hour\b|\bkm ?/ ?h\b|\bkph\b", "kmh"),
+    (r"°\s*f\b", " degree fahrenheit"),
+    (r"°\s*c\b", " degree celsius"),
+    (r"°", " degree"),
+    (r"%", " percent"),
+)]
+_DIGIT_GROUPS = re.compile(r"(?<![\d.])(\d{1,3})((?:,\d{3})+)(?![\d,]*\d)")
+_GLUED_UNIT = re.compile(r"(\d)([a-z%°]+)\b")
+_TOKEN = re.compile(r"\d+(?:\.\d+)?(?!\w)|[^\W_]+(?:[-'’][^\W_]+)*|[^\w\s]+|_+")
+
+
+def _word_value(t: str) -> tuple[str, int] | None:
+    """("unit", 0-19) / ("tens", 20..90 or a hyphenated 21..99) / ("scale", 100/1000/10**6) of a number word."""
+    if t in _SMALL:
+        return "unit", _SMALL[t]
+    if t in _TENS:
+        return "tens", _TENS[t]
+    parts = t.split("-")
+    if len(parts) == 2 and parts[0] in _TENS and parts[1] in _SMALL and 0 < _SMALL[parts[1]] < 10:
+        return "tens", _TENS[parts[0]] + _SMALL[parts[1]]
+    if t in _SCALES:
+        return "scale", _SCALES[t]
+    return None
+
+
+def _number_words(tokens: list[str]) -> list[str]:
+    """Runs of number words ("one hundred and fifty", "twenty-one", "a thousand") -> their digits."""
+    out, i = [], 0
+    while i < len(tokens):
+        j, total, cur, seen = i, 0, 0, False
+        if tokens[i] == "a" and i + 1 < len(tokens) and tokens[i + 1] in _SCALES:  # "a hundred"
+            j, cur = i + 1, 1
+        while j < len(tokens):
+            kind = _word_value(tokens[j])
+            low = cur % 100
+            if kind is None:
+                if (tokens[j] == "and" and seen and low == 0 and j + 1 < len(tokens)
+                        and (_word_value(tokens[j + 1]) or ("",))[0] in ("unit", "tens")):
+                    j += 1  # "one hundred and five"
+                    continue
+                break
+            what, v = kind
+            if what == "unit" and not (low == 0 or (low >= 20 and low % 10 == 0 and 0 < v < 10)):
+                break  # "five six" and "eleven twelve" are two numbers; "twenty one" is one
+            if what == "tens" and low != 0:
+                break
+            if what == "scale":
+                if not (seen or cur) or (v == 100 and cur % 1000 >= 100):
+                    break
+                if v == 100:
+                    cur = (cur or 1) * 100
+                else:
+                    total, cur = total + (cur or 1) * v, 0
+            else:
+                cur += v
+            seen = True
+            j += 1
+        if seen:
+            out.append(str(total + cur))
+            i = j
+        else:
+            out.append(tokens[i])
+            i += 1
+    return out
+
+
+def normalize_numbers(text: str) -> str:
+    """One spelling for numbers and units, so "twelve" matches "12" and "seven kilometres" matches "7 km".
+
+    Lowercases; "1,500" -> "1500"; number words zero to ninety-nine with hundred, thousand and million
+    ("one hundred and fifty" -> "150", "twenty-one" -> "21", "a thousand" -> "1000"); digits glued to a unit
+    are split ("7km" -> "7 km"); unit spellings (plural, abbreviation, metre/meter, %, °) -> one canonical word
+    ("kilometres" -> "km", "feet" -> "foot", "%" -> "percent", "miles per hour" -> "mph"). Words that are not
+    numbers or units are kept; the result is space-joined tokens, ready for normalize_answer.
+    """
+    s = text.lower()
+    s = _DIGIT_GROUPS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), s)
+    s = _GLUED_UNIT.sub(lambda m: m.group(1) + " " + m.group(2) if m.group(2) in _UNITS or m.group(2) in (
+        "kmh", "mph") else m.group(0), s)
+    for pattern, repl in _PHRASES:
+        s = pattern.sub(repl, s)
+    tokens = _number_words(_TOKEN.findall(s))
+    return " ".join(_UNITS.get(t, t) for t in tokens)
