@@ -334,8 +334,10 @@ def _print_ledger(ledger: dict) -> None:
     """The verdict, then every entry: headline rows with their decision and confidence sequence, the rest with
     their fixed-n interval and role."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from .audit.robustness import entry_label
     from .audit.runner import decision_label
 
     v = ledger.get("verdict") or {}
@@ -350,14 +352,15 @@ def _print_ledger(ledger: dict) -> None:
             table.add_row(suite, "[red]failed[/red]", "", "", "", block["error"][:60], "", "")
             continue
         for e in sorted(block["entries"], key=lambda e: e.get("role") != "headline"):
+            name = escape(entry_label(suite, e))  # a robustness row names its task
             if e.get("role") == "headline":
                 d, label = e.get("decision"), decision_label(e)
                 d = colour[d] + label[len(d):] if d in colour else label
-                table.add_row(suite, f"[bold]{e['metric']}[/bold]", f(e["base"]), f(e["tuned"]), f(e["delta"], "+"),
+                table.add_row(suite, f"[bold]{name}[/bold]", f(e["base"]), f(e["tuned"]), f(e["delta"], "+"),
                               "CS " + iv(e.get("cs95")), f"{e['n']} / {e.get('pool')}", d)
             else:
                 shown = "insufficient sample" if e.get("insufficient") else iv(e.get("ci95"))
-                table.add_row(suite, e["metric"], f(e["base"]), f(e["tuned"]), f(e["delta"], "+"), shown,
+                table.add_row(suite, name, f(e["base"]), f(e["tuned"]), f(e["delta"], "+"), shown,
                               str(e["n"]), f"[dim]{e.get('role', '')}[/dim]")
     Console().print(table)
     Console().print(f"[bold]verdict: {v.get('label', 'insufficient evidence')}[/bold] — {v.get('why', '')}")

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..audit import gate as G
+from ..audit.robustness import entry_label as metric_label  # noqa: F401 - the renderers' metric label
 from ..audit.runner import VERDICTS, decision_label, decision_of, headline_rows
 from ..errors import TunelensError
 from .load import RunData
@@ -97,7 +98,7 @@ class Decision:
 
     @property
     def metric(self) -> str:
-        return self.entry["metric"]
+        return metric_label(self.suite, self.entry)  # a robustness entry names its task
 
     @property
     def direction(self) -> str:

@@ -235,7 +235,8 @@ def _gains_costs(data: RunData) -> str:
                 read = _decision_span(e) + escape(read[len(C.decision_label(e)):])
             else:
                 read = escape(read)
-            rows.append([escape(e["metric"]), escape(e.get("role") or "–"), C.fmt(e.get("base")), C.fmt(e.get("tuned")),
+            rows.append([escape(C.metric_label(suite, e)), escape(e.get("role") or "–"), C.fmt(e.get("base")),
+                         C.fmt(e.get("tuned")),
                          C.fmt(e["delta"], True), escape(C.interval_text(e)),
                          C.fmt_ci(e.get("cs95")) if head else "–", escape(n),
                          "↑" if e.get("higher_is_better", True) else "↓", read])

@@ -134,7 +134,7 @@ def _suites(data: RunData) -> list[str]:
             read = cell(C.reading(e))
             if C.direction(e):
                 read = f"**{read}**"
-            rows.append([suite, cell(e["metric"]), cell(e.get("role") or "–"), C.fmt(e.get("base")),
+            rows.append([suite, cell(C.metric_label(suite, e)), cell(e.get("role") or "–"), C.fmt(e.get("base")),
                          C.fmt(e.get("tuned")), C.fmt(e["delta"], True), C.interval_text(e),
                          C.fmt_ci(e.get("cs95")) if head else "–", cell(n), read])
     out = ["Only headline metrics are decided. Secondary metrics: fixed-n 95% interval measured on the items the suite "
