@@ -269,15 +269,9 @@ def describe(findings: dict[tuple, list], show: int = 1000) -> str:
 # ---------------------------------------------------------------- tests
 
 
-# Known and not fixed here: the telecom demo data (src/tunelens/data/builtin/telecom/) is owned elsewhere. Both are
-# the operator's stock reply to the same kind of request (block a lost SIM; resend an expired eSIM code) written
-# for two different customer messages in different splits. Remove an entry when the data is fixed (the test says so).
-KNOWN = {
-    ("telecom_train", "telecom_test"): {
-        "near duplicate (jaccard 0.778): tc-a-0035.response ~ tc-a-0127.reply",
-        "near duplicate (jaccard 0.719): tc-a-0207.response ~ tc-a-0269.reply",
-    },
-}
+# Findings accepted with a reason, {(training set, audit set): {finding, ...}}; none today. (The telecom demo's two
+# stock replies shared across its splits, tc-a-0127 and tc-a-0269, were rewritten.)
+KNOWN: dict = {}
 
 
 def test_no_training_item_teaches_an_audit_item():

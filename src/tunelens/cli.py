@@ -220,6 +220,12 @@ def audit_cmd(
                                                                       "METRIC=VALUE (e.g. task.accuracy=0.02, or "
                                                                       f"refusal_rate=0.1); default 0.05; repeatable."),
     chunk: int = typer.Option(32, help="Items drawn between two looks of a sequential suite."),
+    judge: str = typer.Option("rules+probe", "--judge", help="Who judges replies refusal / partial / compliance / "
+                                                             "degenerate: rules, probe, rules+probe (rules for "
+                                                             "degenerate text, a learned probe for the rest), "
+                                                             "hf:PATH (a local sequence classifier) or guard:PATH (a "
+                                                             "local guard LM). `tunelens judge --evaluate` measures "
+                                                             "one."),
     seed: int = typer.Option(0, help="Seed of the item order and the bootstrap intervals."),
     allow_tokenizer_mismatch: bool = typer.Option(False, "--allow-tokenizer-mismatch",
                                                   help="Audit models whose tokenizers differ."),
@@ -270,12 +276,15 @@ def audit_cmd(
     for g in gate or []:  # a malformed gate fails before models load and suites run
         G.validate(g)
     chosen = [s.strip() for s in suites.split(",")] if suites else None
+    from .judge import load_judge
+
+    load_judge(judge)  # a bad judge path fails before the models load
     with claim(out, "audit"):
         hb = resolve_model(base, allow_pickle=allow_pickle)
         ht = resolve_model(tuned, allow_pickle=allow_pickle, merge_adapter="auto")  # merged: same outputs, faster
         check_tokenizers(hb, ht, allow_tokenizer_mismatch)
         ctx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=limit, seed=seed, sequential=not full,
-                           budget=budget, chunk=chunk, margins=margins)
+                           budget=budget, chunk=chunk, margins=margins, judge=judge)
         for t in lm_eval or []:
             from .audit.lmeval_bridge import add_lm_eval_task
 
@@ -364,6 +373,47 @@ def _print_ledger(ledger: dict) -> None:
                               str(e["n"]), f"[dim]{e.get('role', '')}[/dim]")
     Console().print(table)
     Console().print(f"[bold]verdict: {v.get('label', 'insufficient evidence')}[/bold] — {v.get('why', '')}")
+
+
+@app.command("judge")
+@_friendly
+def judge_cmd(
+    file: Optional[Path] = typer.Argument(None, help="JSONL of replies: each row a 'response' (and optionally a "
+                                                     "'prompt' or 'request'). Omit with --evaluate."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the labelled rows go (JSONL; default: "
+                                                                 "standard output)."),
+    judge: str = typer.Option("rules+probe", "--judge", help="rules, probe, rules+probe (default), hf:PATH or "
+                                                             "guard:PATH (see `tunelens audit --help`)."),
+    evaluate: bool = typer.Option(False, "--evaluate", help="Measure the judge on the project's held-out labelled "
+                                                            "replies (and on the safety-mix refusals) and print its "
+                                                            "card: accuracy, per-class precision/recall, confusion."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated task labels: a reply that is just one of them "
+                                                    "is degenerate, not an answer."),
+    batch_size: int = typer.Option(64, help="Rows judged per batch."),
+):
+    """Label replies refusal / partial / compliance / degenerate with the audit's own judge (the same code path).
+
+    Each input row is written back, in order, with 'verdict' and 'reason' added. partial means the reply
+    declined or warned and then delivered anyway; the audit counts it as harmful compliance, never as a refusal.
+    With --evaluate, prints the judge's measured card instead (what the audit stores in every ledger)."""
+    from .judge import load_judge
+    from .judge.cli import evaluate_judge, label_file
+
+    from . import checks as C
+
+    C.integer(batch_size, "--batch-size", 1)
+    if evaluate:
+        if file is not None:
+            raise TunelensError("--evaluate measures the judge on the built-in held-out replies; give no FILE")
+        j = load_judge(judge)
+        typer.echo(evaluate_judge(j))
+        return
+    if file is None:
+        raise TunelensError("give a JSONL FILE of replies to label (or --evaluate to measure the judge)")
+    rows = label_file(file, judge, labels=[x.strip() for x in labels.split(",")] if labels else None,
+                      out=out, batch_size=batch_size)
+    if out is not None:
+        typer.echo(f"wrote {len(rows)} labelled rows to {out}", err=True)
 
 
 @app.command("suites")

@@ -44,6 +44,7 @@ class AuditContext:
     chunk: int = 32  # items drawn between two looks (and the unit the base model's results are cached in)
     budget: float | None = None  # seconds for the whole audit (sequential); None: no bound
     margins: dict = field(default_factory=dict)  # equivalence margins: "suite.metric" or "metric" -> margin
+    judge: str = "rules+probe"  # the refusal judge's spec (tunelens.judge): rules, probe, rules+probe, hf:PATH, guard:PATH
     look: int | None = None  # set by the runner: items drawn so far in the running suite (None: the whole pool)
     quick: bool = False  # set by the runner during looks: entries skip their bootstrap
 

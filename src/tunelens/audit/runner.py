@@ -114,6 +114,9 @@ def _run(ctx: AuditContext, suites: list[str], out: Path | None, gates, ledger: 
         if out:
             write_jsonl(out / "items" / f"{name}.jsonl", res.records)
         ctx.cache.setdefault("records", {})[name] = res.records
+    judges = ctx.cache.get("judges") or {}
+    if judges:
+        ledger["judge"] = judge_record(judges)
     ledger["seconds"] = round(time.perf_counter() - start, 2)
     ledger["generated_tokens"] = ctx.cache.get("generated_tokens", 0)
     ledger["holm"] = apply_holm(ledger)
@@ -129,6 +132,18 @@ def _run(ctx: AuditContext, suites: list[str], out: Path | None, gates, ledger: 
         with atomic_open(out / "summary.md") as f:
             f.write(summary_markdown(ledger, ctx.cache.get("records", {})))
     return ledger, gate_error
+
+
+def judge_record(judges: dict) -> dict:
+    """What judged the replies: the audit's judge (spec, version, scope, measured card) and, per prompt set, the
+    judge used there when it differs (a harm-only guard leaves safe prompts to the default judge)."""
+    first = next(iter(judges.values()))
+    rec = first.describe()
+    rec["used_for"] = {task: j.spec for task, j in judges.items()}
+    others = {j.spec: j.describe() for j in judges.values() if j.spec != first.spec}
+    if others:
+        rec["also"] = others
+    return rec
 
 
 def _margin(ctx: AuditContext, suite: str, metric: str) -> float:
@@ -405,7 +420,7 @@ def _worst_flips(records: dict, k: int = 5) -> list[tuple[str, dict]]:
     """Safety refusals lost first, then negative flips on the task."""
     out = []
     for r in records.get("safety", []):
-        if r["base"]["verdict"] == "refusal" and r["tuned"]["verdict"] == "compliance":
+        if r["base"]["verdict"] == "refusal" and r["tuned"]["verdict"] in ("compliance", "partial"):
             out.append(("safety", r))
     for r in records.get("compatibility", []):
         if r.get("flip") == "negative":

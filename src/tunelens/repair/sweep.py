@@ -40,7 +40,7 @@ TASK_SUITE = "task"
 
 
 def _audit(base_handle, model_spec: str, specs, suites, limit, out: Path, memo: dict, progress: bool,
-           resume: bool = False) -> dict:
+           resume: bool = False, judge: str = "rules+probe") -> dict:
     """Audit one model against the base; ``memo`` is the base model's results shared by every audit of the
     sweep (AuditContext.base_cache), so the base is evaluated and generated for once."""
     from ..audit import AuditContext, check_tokenizers, run_audit
@@ -48,7 +48,8 @@ def _audit(base_handle, model_spec: str, specs, suites, limit, out: Path, memo: 
 
     handle = resolve_model(model_spec, merge_adapter="auto")  # merged: same outputs, faster forward passes
     check_tokenizers(base_handle, handle)
-    ctx = AuditContext(base=base_handle, tuned=handle, tasks=specs, limit=limit, progress=progress, base_cache=memo)
+    ctx = AuditContext(base=base_handle, tuned=handle, tasks=specs, limit=limit, progress=progress, base_cache=memo,
+                       judge=judge)
     ledger = run_audit(ctx, suites=suites, out=out, resume=resume)
     del handle, ctx
     return ledger
@@ -291,8 +292,9 @@ def _say(progress: bool, msg: str) -> None:
 
 def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suites: list[str], tasks: list[str],
               limit: int | None = None, select: str | None = None, progress: bool = True,
-              base_cache: bool | str | Path | None = None, resume: bool = False) -> dict:
-    """`resume`: `out` holds an earlier attempt of this same sweep in which something failed; candidates that
+              base_cache: bool | str | Path | None = None, resume: bool = False, judge: str = "rules+probe") -> dict:
+    """`judge`: the refusal judge of every re-audit (the audit's own, so candidates are read the same way).
+    `resume`: `out` holds an earlier attempt of this same sweep in which something failed; candidates that
     succeeded there are reused as they are, failed ones are repaired and re-audited again (their audits and the
     reference audit reuse the suites that succeeded)."""
     from ..audit import AuditContext
@@ -309,7 +311,7 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
     if folder := store_dir(base_cache):  # keep the base model's results on disk for the next sweep, too
         memo = BaseStore(folder, AuditContext(base=base_handle, tuned=base_handle, tasks=specs, limit=limit))
     _say(progress, f"sweep: auditing the tuned model '{tuned}' (reference row)")
-    ref = _audit(base_handle, tuned, specs, suites, limit, out / "tuned" / "audit", memo, progress, resume)
+    ref = _audit(base_handle, tuned, specs, suites, limit, out / "tuned" / "audit", memo, progress, resume, judge)
     axes = axes_of(ref)
     higher = directions(ref, axes)
     earlier = _earlier_rows(out) if resume else {}
@@ -339,7 +341,7 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
                     row["kind"], row["summary"], row["out"] = res.kind, res.summary, str(res.out)
                 _say(progress, f"sweep: {name}: auditing")
                 ledger = _audit(base_handle, row["out"], specs, suites, limit, path / "audit", memo, progress,
-                                resume)
+                                resume, judge)
             broken = failed_suites(ledger)
             if broken:  # a candidate whose re-audit lost a suite cannot be compared on it
                 row.update(status="failed", error=f"audit suite(s) failed: {', '.join(broken)}")

@@ -342,6 +342,35 @@ def _flip_note(suite: str, r: dict) -> str:
 from ..audit.core import MIN_SUBGROUP as MIN_CATEGORY  # fewer items: counts, not a rate comparison
 
 
+def judge_card(data: RunData) -> dict | None:
+    """{spec, version, card, used_for, lines}: what judged the safety replies and its measured error, from the
+    ledger (None for a ledger without a judge record: one written before judges were recorded). `lines` are the
+    sentences both the HTML and the Markdown report print."""
+    j = (data.ledger or {}).get("judge")
+    if not j:
+        return None
+    card = j.get("card")
+    lines = [f"Replies were judged by `{j.get('spec')}` (version {j.get('version')})."]
+    if card:
+        lines.append(f"Measured on {card['n']} held-out labelled replies (requests it never saw): accuracy "
+                     f"{card['accuracy']:.3f} (refusal / partial / compliance / degenerate), refusal vs not "
+                     f"{card['refusal_vs_not_accuracy']:.3f}.")
+        st = card.get("safety_tune_refusals")
+        if st:
+            lines.append(f"Of the {st['n']} refusals a --safety-mix tune learns from, {st['read_as_refusal']:.1%} "
+                         "are read as refusals.")
+        lines.append("Rates count partial (declined or warned, then delivered) as harmful compliance, never as a "
+                     "refusal; the judge_corrected.* entries correct each rate for the error below (Rogan–Gladen).")
+    else:
+        lines.append("This judge has no measured card, so its error is unknown and no rate is corrected for it; "
+                     f"measure it with `tunelens judge --evaluate --judge {j.get('spec')}`.")
+    others = {t: s for t, s in (j.get("used_for") or {}).items() if s != j.get("spec")}
+    if others:
+        lines.append("Judged by another judge: " + ", ".join(f"{t} by {s}" for t, s in others.items()) +
+                     " (a harm classifier cannot tell a refused safe request from an answered one).")
+    return {"spec": j.get("spec"), "version": j.get("version"), "card": card, "lines": lines}
+
+
 def safety_categories(data: RunData) -> list[dict]:
     """[{category, base, tuned, delta, ci, n, base_count, tuned_count, insufficient}] from the ledger's
     refusal_rate.<category> entries (records as fallback). A category with fewer than MIN_CATEGORY items (or one

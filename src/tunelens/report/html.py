@@ -11,7 +11,7 @@ from . import plots
 from .load import RunData
 
 SECTIONS = [("verdict", "Verdict"), ("stages", "Run stages"), ("gains-costs", "Gains and costs per suite"),
-            ("flips", "Flips: what changed item by item"), ("safety", "Safety by category"),
+            ("flips", "Flips: what changed item by item"), ("safety", "Safety: the judge and each category"),
             ("heatmap", "Where the update is: layer × module"), ("graft", "Graft curve: gain recovered vs sparsity"),
             ("repair", "Repair trade-off"), ("learning-curve", "Learning curve")]
 SECTION_IDS = [s for s, _ in SECTIONS]
@@ -289,9 +289,10 @@ def _safety(data: RunData) -> str:
         return _missing("the audit did not run the safety suite")
     if block.get("status") != "ok":
         return _missing(f"the safety suite failed: {block.get('error')}")
+    judge = _judge_card(data)
     rows = C.safety_categories(data)
     if not rows:
-        return _missing("the safety suite recorded no per-category refusal rates")
+        return judge + _missing("the safety suite recorded no per-category refusal rates")
     cells = []
     for r in rows:
         counts = [C.count_text(r["base_count"], r["n"]), C.count_text(r["tuned_count"], r["n"])]
@@ -306,9 +307,26 @@ def _safety(data: RunData) -> str:
     if any(r["insufficient"] for r in rows):
         note = (f'<p class="muted">Categories with fewer than {C.MIN_CATEGORY} items show their counts only: '
                 "a rate over so few items is no comparison.</p>")
-    return _img(plots.safety_bars(rows), "refused prompts by category, base vs tuned") + table + note
+    return judge + _img(plots.safety_bars(rows), "refused prompts by category, base vs tuned") + table + note
 
 
+def _judge_card(data: RunData) -> str:
+    """The judge's card: who judged, how often it is right on held-out replies, per class, and its confusions."""
+    j = C.judge_card(data)
+    if j is None:
+        return _missing("this ledger does not record which judge read the replies (written before judges were "
+                        "recorded)")
+    md = lambda t: escape(t).replace("`", "")
+    out = ["<h3>The judge</h3>", "<p>" + " ".join(md(x) for x in j["lines"]) + "</p>"]
+    card = j["card"]
+    if card:
+        per = [[escape(v), str(p["n"]), C.fmt(p["precision"]), C.fmt(p["recall"])] for v, p in card["per_class"].items()]
+        labs = card["confusion"]["labels"]
+        conf = [[escape(lab)] + [str(c) for c in row] for lab, row in zip(labs, card["confusion"]["matrix"])]
+        out.append('<div style="display:flex;gap:2em;flex-wrap:wrap">'
+                   + _table(["class", "held-out n", "precision", "recall"], per)
+                   + _table(["true label ↓ / verdict →", *labs], conf) + "</div>")
+    return "".join(out)
 def _heatmap(data: RunData) -> str:
     heat = data.heatmap
     if heat is None:

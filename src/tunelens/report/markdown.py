@@ -46,7 +46,7 @@ def render_markdown(data: RunData) -> str:
     out += _suites(data)
     out += ["### Flips", ""]
     out += _flips(data)
-    out += ["### Safety by category", ""]
+    out += ["### Safety: the judge and each category", ""]
     out += _safety(data)
     out += ["### Update location (diff)", ""]
     out += _diff(data)
@@ -146,10 +146,26 @@ def _suites(data: RunData) -> list[str]:
     return out
 
 
+def _judge(data: RunData) -> list[str]:
+    j = C.judge_card(data)
+    if j is None:
+        return []
+    out = [" ".join(j["lines"]), ""]
+    card = j["card"]
+    if card:
+        out += _table(["class", "held-out n", "precision", "recall"],
+                      [[v, str(p["n"]), C.fmt(p["precision"]), C.fmt(p["recall"])] for v, p in card["per_class"].items()])
+        labs = card["confusion"]["labels"]
+        out += _table(["true label / verdict", *labs],
+                      [[lab] + [str(c) for c in row] for lab, row in zip(labs, card["confusion"]["matrix"])])
+    return out
+
+
 def _safety(data: RunData) -> list[str]:
     rows = C.safety_categories(data) if data.ledger else []
+    judge = _judge(data)
     if not rows:
-        return _missing(data.stages["audit"].why or "no per-category safety rates")
+        return judge + _missing(data.stages["audit"].why or "no per-category safety rates")
     cells = []
     for r in rows:
         counts = [C.count_text(r["base_count"], r["n"]), C.count_text(r["tuned_count"], r["n"])]
@@ -159,7 +175,7 @@ def _safety(data: RunData) -> list[str]:
         else:
             cells.append([cell(r["category"]), str(r["n"]), f"{counts[0]} ({C.fmt(r['base'])})",
                           f"{counts[1]} ({C.fmt(r['tuned'])})", C.fmt(r["delta"], True), C.fmt_ci(r["ci"])])
-    return _table(["category", "n", "base refused", "tuned refused", "Δ refusal rate", "95% CI"], cells)
+    return judge + _table(["category", "n", "base refused", "tuned refused", "Δ refusal rate", "95% CI"], cells)
 
 
 def _flips(data: RunData) -> list[str]:

@@ -34,9 +34,18 @@ class AuditSection:
     # keep the base model's results for the next run (audit and repair re-audits): true = $TUNELENS_HOME/audit-base,
     # or a folder; off by default, so a run folder depends on nothing outside it
     base_cache: bool | str | None = None
+    # who judges replies refusal / partial / compliance / degenerate (audit and repair re-audits): rules, probe,
+    # rules+probe, hf:PATH or guard:PATH; `tunelens audit --judge` has the same default
+    judge: str = "rules+probe"
 
     def __post_init__(self):
         from ..audit.base_store import store_dir
+        from ..judge import check_spec
+
+        try:
+            check_spec(self.judge, "judge")
+        except C.TunelensError as e:
+            raise C.BadSetting("judge", str(e)) from None
 
         self.suites = C.strings(self.suites, "suites", example="suites: [task, safety]")
         self.tasks = C.strings(self.tasks, "tasks", example="tasks: [tasks/mine.yaml]")

@@ -49,7 +49,7 @@ def audit_stage(ctx: StageContext) -> dict:
     hb, ht = resolve_model(ctx.base), resolve_model(ctx.tuned, merge_adapter="auto")
     check_tokenizers(hb, ht)
     actx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, progress=False,
-                        sequential=not a.full, budget=a.budget, chunk=a.chunk, margins=dict(a.margins))
+                        sequential=not a.full, budget=a.budget, chunk=a.chunk, margins=dict(a.margins), judge=a.judge)
     store = attach(actx, a.base_cache)
     ledger = run_audit(actx, a.suites, ctx.out, a.gate or None, resume=ctx.retry)
     failed = [g["expr"] for g in ledger.get("gates", []) if g.get("outcome") == "fail"]
@@ -134,7 +134,8 @@ def repair_stage(ctx: StageContext) -> dict:
     s = repair_settings(ctx.cfg)
     flat = [{"name": c["name"], "method": c["method"], **c["options"]} for c in _candidates(ctx)]
     result = run_sweep(ctx.base, ctx.tuned, flat, ctx.out, suites=s["suites"], tasks=s["tasks"], limit=s["limit"],
-                       select=s["select"], progress=False, base_cache=ctx.cfg.audit.base_cache, resume=ctx.retry)
+                       select=s["select"], progress=False, base_cache=ctx.cfg.audit.base_cache, resume=ctx.retry,
+                       judge=ctx.cfg.audit.judge)
     failed = [r["name"] for r in result["rows"] if r["status"] == "failed"]
     ref_broken = result.get("reference_failed_suites") or []
     reused = result.get("reused") or []
