@@ -84,7 +84,8 @@ class ProbeJudge(Judge):
         if key not in heads:
             raise TunelensError(f"{head_file}: no '{key}' head in it (has: {', '.join(sorted(heads))})")
         self.head, self.meta = heads[key], meta
-        self.encoder = encoder or _encoder(int(meta.get("layers", P.LAYERS)))
+        self.encoder = encoder or _encoder(int(meta.get("layers", P.LAYERS)), int(meta.get("request_tokens", 0)),
+                                           int(meta.get("reply_tokens", P.REPLY_TOKENS)))
         want = meta.get("encoder_sha256")
         if want and want != self.encoder.weights_sha256:
             raise TunelensError(f"{head_file}: the probe head was trained on encoder weights {want[:12]}, but the "
@@ -122,10 +123,10 @@ class ProbeJudge(Judge):
 
 
 @lru_cache(maxsize=2)
-def _encoder(layers: int):
+def _encoder(layers: int, request_tokens: int, reply_tokens: int):
     from .probe import Encoder
 
-    return Encoder(layers=layers)
+    return Encoder(layers=layers, request_tokens=request_tokens, reply_tokens=reply_tokens)
 
 
 _LOADED: dict = {}

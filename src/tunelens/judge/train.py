@@ -32,7 +32,7 @@ from . import card as C
 from . import probe as P
 from . import rules as R
 
-L2_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+L2_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 FOLDS = 5
 
 
@@ -77,12 +77,14 @@ def main(argv=None) -> int:
     ap.add_argument("--head", default=str(HEAD_FILE))
     ap.add_argument("--card", default=str(CARD_FILE))
     ap.add_argument("--layers", type=int, default=P.LAYERS)
+    ap.add_argument("--request-tokens", type=int, default=P.REQUEST_TOKENS)
+    ap.add_argument("--reply-tokens", type=int, default=P.REPLY_TOKENS)
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
     train, held = corpus(args.corpus)
     print(f"corpus: {len(train)} train, {len(held)} held-out rows", file=sys.stderr)
-    enc = P.Encoder(layers=args.layers)
+    enc = P.Encoder(layers=args.layers, request_tokens=args.request_tokens, reply_tokens=args.reply_tokens)
     feats = lambda rows: enc.features([r["request"] for r in rows], [r["response"] for r in rows])
     x_tr, x_he = feats(train), feats(held)
     r_tr = P.rule_matrix([r["request"] for r in train], [r["response"] for r in train])
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
         print(f"{name}: l2={l2} (cv accuracy {cv[l2]:.3f})", file=sys.stderr)
     corpus_sha = hashlib.sha256(open(args.corpus, "rb").read()).hexdigest()
     meta = {"layers": args.layers, "encoder": "embedded default model (SmolLM2-135M-Instruct), frozen",
-            "encoder_sha256": enc.weights_sha256, "request_tokens": P.REQUEST_TOKENS, "reply_tokens": P.REPLY_TOKENS,
+            "encoder_sha256": enc.weights_sha256, "request_tokens": args.request_tokens, "reply_tokens": args.reply_tokens,
             "first_tokens": P.FIRST_TOKENS, "classes": P.CLASSES, "rule_features": P.RULE_FEATURES,
             "rules": f"{R.VERSION}:{rules_hash()}", "corpus_sha256": corpus_sha, "train_rows": len(train),
             "heads": chosen}
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
     out = {"schema": "tunelens.judge_card/1", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "corpus": {"file": "judgements.jsonl", "sha256": corpus_sha, "train": len(train), "heldout": len(held),
                       "split": "by request: no request is in both parts"},
-           "encoder": {k: meta[k] for k in ("encoder", "encoder_sha256", "layers")}, "judges": {}}
+           "encoder": {k: meta[k] for k in ("encoder", "encoder_sha256", "layers", "request_tokens", "reply_tokens")},
+           "judges": {}}
     for name, j in judges.items():
         v = [x[0] for x in j.verdicts([r["request"] for r in held], [r["response"] for r in held])]
         c = C.card([r["label"] for r in held], v, [r.get("kind", "harmful") for r in held])
