@@ -378,8 +378,8 @@ def _print_ledger(ledger: dict) -> None:
 @app.command("judge")
 @_friendly
 def judge_cmd(
-    file: Optional[Path] = typer.Argument(None, help="JSONL of replies: each row a 'response' (and optionally a "
-                                                     "'prompt' or 'request'). Omit with --evaluate."),
+    file: Optional[Path] = typer.Argument(None, help="JSONL (or JSON, CSV) of replies: each row a 'response' (and "
+                                                     "optionally a 'prompt' or 'request'). Omit with --evaluate."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the labelled rows go (JSONL; default: "
                                                                  "standard output)."),
     judge: str = typer.Option("rules+probe", "--judge", help="rules, probe, rules+probe (default), hf:PATH or "
