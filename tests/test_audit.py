@@ -424,3 +424,14 @@ def test_cli_budget_margin_and_inconclusive_gate_exit_codes(tiny_model_dir, tmp_
     assert "gate inconclusive" in r.output
     r = runner.invoke(app, args + ["--gate", "over_refusal.over_refusal_rate.delta <= 0.1"])
     assert r.exit_code == 0, r.output
+
+
+def test_a_suite_name_taken_by_another_class_is_refused():
+    class Other(Suite):
+        def run(self, ctx):  # pragma: no cover - never registered
+            raise AssertionError
+
+    with pytest.raises(TunelensError, match="'task' is already registered by tunelens.audit.task"):
+        register("task")(Other)
+    assert SUITES["task"].__module__ == "tunelens.audit.task"
+    register("task")(SUITES["task"])  # the same class again (a reload) is fine

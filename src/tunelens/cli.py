@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from .errors import TunelensError
+from .tune.config import DEFAULT_LR  # plain data (the trainer loads on first use)
 
 app = typer.Typer(
     help="Fine-tune a language model, then show what the fine-tune bought and what it cost.",
@@ -132,7 +133,8 @@ def tune_cmd(
     epochs: Optional[float] = typer.Option(None, help="Epochs over the training set (default 1)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, help="Examples per device per step (default 8)."),
-    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Default by method: 2e-4 LoRA, 2e-5 full."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Default by method: " + ", ".join(
+        f"{v:g} {k}" for k, v in DEFAULT_LR.items()) + "."),
     optim: Optional[str] = typer.Option(None, help="Optimizer, any transformers name (default adamw_torch; "
                                                    "sgd, adafactor, ...)."),
     lora_r: Optional[int] = typer.Option(None, help="LoRA rank (default 16)."),

@@ -38,6 +38,15 @@ class LoraModule:
     def weight_name(self) -> str:
         return f"{self.module}.weight"
 
+    def scale(self, rank: int) -> float:
+        """PEFT's LoRA scale at this rank: alpha / r, or alpha / √r with rsLoRA (the one place it is written)."""
+        return lora_scale(self.alpha, rank, self.use_rslora)
+
+
+def lora_scale(alpha: float, rank: int, rslora: bool = False) -> float:
+    """ΔW = scale·B·A with scale = alpha / r (alpha / √r for rsLoRA), as PEFT computes it."""
+    return alpha / math.sqrt(rank) if rslora else alpha / rank
+
 
 class LoraAdapter:
     """A PEFT LoRA adapter folder: which base weights it changes, and how."""
@@ -107,7 +116,7 @@ class LoraAdapter:
                 raise ModelError(f"adapter {self.folder}: tensor '{key}' contains NaN or Inf values "
                                  f"(corrupt adapter or diverged training)")
         r = a.shape[0]
-        scale = mod.alpha / math.sqrt(r) if mod.use_rslora else mod.alpha / r
+        scale = mod.scale(r)
         return (a.T, b.T, scale) if mod.transposed else (b, a, scale)
 
 

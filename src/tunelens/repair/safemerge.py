@@ -40,10 +40,6 @@ def check_weights(weights) -> tuple[float, float]:
     return w
 
 
-def _scale(mod: LoraModule, r: int) -> float:
-    return mod.alpha / math.sqrt(r) if mod.use_rslora else mod.alpha / r
-
-
 def _unit_alpha(rank: int, rslora: bool) -> float:
     """The lora_alpha that makes a module of this rank scale 1."""
     return math.sqrt(rank) if rslora else float(rank)
@@ -129,7 +125,7 @@ def _merge(mod: LoraModule, smod: LoraModule, tensors: dict, s_tensors: dict, w,
     if a1.shape[1] != a2.shape[1] or b1.shape[0] != b2.shape[0]:
         raise TunelensError(f"module '{mod.module}' has factors {tuple(b1.shape)}·{tuple(a1.shape)} in the tuned "
                             f"adapter but {tuple(b2.shape)}·{tuple(a2.shape)} in the safety adapter")
-    s1, s2 = w[0] * _scale(mod, a1.shape[0]), w[1] * _scale(smod, a2.shape[0])
+    s1, s2 = w[0] * mod.scale(a1.shape[0]), w[1] * smod.scale(a2.shape[0])
     dtype = tensors[mod.a_key].dtype
     if mode == "exact":
         a, b = torch.cat([s1 * a1, s2 * a2], dim=0), torch.cat([b1, b2], dim=1)

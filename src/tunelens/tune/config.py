@@ -11,6 +11,8 @@ from ..checks import BadSetting
 from ..errors import TunelensError, suggest
 
 METHODS = ("lora", "full", "prompt-tuning", "ia3")
+# the learning rate each method gets when none is given (the CLI's --lr help is built from this table)
+DEFAULT_LR = {"lora": 2e-4, "full": 2e-5, "prompt-tuning": 3e-2, "ia3": 3e-3}
 
 
 @dataclass
@@ -35,7 +37,7 @@ class TuneConfig:
     max_steps: int = -1
     batch_size: int = 8
     grad_accum: int = 1
-    learning_rate: float | None = None  # default by method: 2e-4 LoRA/IA3, 2e-5 full, 3e-2 prompt tuning
+    learning_rate: float | None = None  # None: DEFAULT_LR[method]
     weight_decay: float = 0.0
     optim: str = "adamw_torch"  # any transformers optimizer name, e.g. sgd, adafactor, adamw_torch_fused
     warmup_ratio: float = 0.03
@@ -103,7 +105,7 @@ class TuneConfig:
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return {"lora": 2e-4, "ia3": 3e-3, "full": 2e-5, "prompt-tuning": 3e-2}[self.method]
+        return DEFAULT_LR[self.method]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
