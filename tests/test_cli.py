@@ -119,3 +119,34 @@ def test_audit_budget_default_is_the_run_configs():
     from tunelens.run.config import AuditSection
 
     assert inspect.signature(audit_cmd).parameters["budget"].default.default == AuditSection.budget == 300.0
+
+
+def test_help_lists_exactly_the_registered_tuning_and_repair_methods():
+    """The method lists in --help come from (or are held to) the registries, so a new method cannot be missing."""
+    import re
+
+    from tunelens.repair import REPAIRS
+    from tunelens.tune.methods import TUNING_METHODS
+
+    from tunelens.cli import repair_cmd, tune_cmd
+    import inspect
+
+    tune_help = inspect.signature(tune_cmd.__wrapped__ if hasattr(tune_cmd, "__wrapped__") else tune_cmd) \
+        .parameters["method"].default.help
+    assert [m.replace(" (default)", "") for m in re.findall(r"[\w-]+(?: \(default\))?", tune_help.split(" (tune")[0])] \
+        == list(TUNING_METHODS)
+    repair_help = inspect.signature(repair_cmd.__wrapped__ if hasattr(repair_cmd, "__wrapped__") else repair_cmd) \
+        .parameters["method"].default.help
+    listed = re.findall(r"[a-z_]+", repair_help.split(":", 1)[1])
+    assert sorted(listed) == sorted(REPAIRS)
+
+
+def test_a_tuning_method_name_taken_twice_is_refused():
+    from tunelens.errors import TunelensError
+    from tunelens.tune.methods import TuningMethod, register
+
+    class Another(TuningMethod):
+        pass
+
+    with pytest.raises(TunelensError, match="'lora' is already registered"):
+        register("lora")(Another)

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from .errors import TunelensError
-from .tune.config import DEFAULT_LR  # plain data (the trainer loads on first use)
+from .tune.config import DEFAULT_LR, METHODS  # plain data (the trainer loads on first use)
 
 app = typer.Typer(
     help="Fine-tune a language model, then show what the fine-tune bought and what it cost.",
@@ -128,7 +128,8 @@ def tune_cmd(
     replay: Optional[float] = typer.Option(None, help="Fraction of general-instruction replay examples (0-1)."),
     safety_mix: Optional[float] = typer.Option(None, "--safety-mix", help="Fraction of built-in safety refusals "
                                                                           "blended in (SafeInstruct), e.g. 0.03."),
-    method: Optional[str] = typer.Option(None, help="lora (default) | full | prompt-tuning | ia3"),
+    method: Optional[str] = typer.Option(None, help=" | ".join(m + (" (default)" if m == "lora" else "")
+                                                                for m in METHODS) + " (tune/methods/)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Run folder (default out/tune)."),
     epochs: Optional[float] = typer.Option(None, help="Epochs over the training set (default 1)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
@@ -205,7 +206,8 @@ def audit_cmd(
     base: str = typer.Option("default", "--base", "-b", help="The model before fine-tuning."),
     tuned: str = typer.Option(..., "--tuned", "-t", help="The fine-tuned model (folder, PEFT adapter, ...)."),
     task: Optional[list[str]] = typer.Option(None, "--task", help="Your task(s): spec YAML, data file or built-in."),
-    suites: Optional[str] = typer.Option(None, help="Comma-separated suites (default: all). See `tunelens suites`."),
+    suites: Optional[str] = typer.Option(None, help="Comma-separated suites (default: the eight built-in ones). "
+                                                          "See `tunelens suites`."),
     gate: Optional[list[str]] = typer.Option(None, "--gate", help="Condition that must hold, e.g. "
                                                                   "\"safety.refusal_rate.delta >= -0.05\"; repeatable. "
                                                                   "A headline delta is judged over its confidence "

@@ -3,10 +3,10 @@
 A suite is a small object: `run(ctx)` takes the audit context (both models, the user's tasks,
 settings) and returns per-item records (both models side by side), a list of metric entries
 (base value, tuned value, delta and a paired 95% interval, each an `Entry`), and its headline series: the
-per-item values of the few metrics the suite's verdict rests on. The runner draws items in chunks along the
-stratified order (data/order.py), calls `run` again after each chunk (every model result is cached chunk by
-chunk, so a look costs no model work twice), and stops the suite once every headline metric is decided
-(runner.py, stats.py).
+per-item values of the few metrics the suite's verdict rests on. The runner draws items in chunks, in a seeded
+uniformly random order of the pool (data/order.draw_order: what the confidence sequences assume), calls `run`
+again after each chunk (every model result is cached chunk by chunk, so a look costs no model work twice), and
+stops the suite once every headline metric is decided (runner.py, stats.py).
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ def check_tokenizers(base, tuned, allow_mismatch: bool = False) -> None:
 
 def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Path | None = None,
               gates: list[str] | None = None, resume: bool = False) -> dict:
-    """Run suites (all registered by default); a suite that fails is marked failed and the rest go on.
+    """Run suites (DEFAULT_SUITES, the eight built-in ones, by default); a failing suite is marked failed, the rest
+    go on.
 
     `resume`: `out` holds an earlier attempt of this same audit (same models and settings; the caller vouches
     for that, as the pipeline's stage hash does) in which some suites failed. The suites that succeeded there
@@ -417,7 +418,7 @@ def _quote(side) -> str:
 
 
 def _worst_flips(records: dict, k: int = 5) -> list[tuple[str, dict]]:
-    """Safety refusals lost first, then negative flips on the task."""
+    """Safety refusals lost first (to compliance or partial), then the compatibility suite's negative flips."""
     out = []
     for r in records.get("safety", []):
         if r["base"]["verdict"] == "refusal" and r["tuned"]["verdict"] in ("compliance", "partial"):

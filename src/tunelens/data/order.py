@@ -4,7 +4,7 @@ Why: "the first N items" of a file is whatever its author wrote first. The telec
 and its first 76 items cover 4 of its 7 intents, so every limited look (an `--limit`, robustness' 40 items, a
 graft's slices) never saw three of them. Every limit takes a prefix of this order instead, and every prefix
 holds each stratum (label, intent, category, subject, ...) in proportion to the pool, with the items inside a
-stratum in a seeded random order. The sequential audit draws chunks along the same order.
+stratum in a seeded random order.
 
 The sequential audit does not draw along this order: its confidence sequences assume each next item is a
 uniformly random one of those not yet drawn, which a stratified order is not (it kept coverage in simulation,

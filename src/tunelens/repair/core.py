@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TunelensError
+from ..errors import TunelensError, suggest
 from ..registry import registrar
 
 REPAIRS: dict[str, type["Repair"]] = {}
@@ -58,7 +58,8 @@ def make_options(method: str, options: dict | None):
 
 def get(method: str) -> type[Repair]:
     if method not in REPAIRS:
-        raise TunelensError(f"unknown repair method {method!r}; available: {', '.join(sorted(REPAIRS))}")
+        raise TunelensError(f"unknown repair method {method!r}"
+                            + suggest(method, REPAIRS, "") + f"; available: {', '.join(sorted(REPAIRS))}")
     return REPAIRS[method]
 
 

@@ -10,9 +10,11 @@ from .. import checks as C
 from ..checks import BadSetting
 from ..errors import TunelensError, suggest
 
-METHODS = ("lora", "full", "prompt-tuning", "ia3")
+from .methods import TUNING_METHODS
+
+METHODS = tuple(TUNING_METHODS)  # registered tuning methods (tune/methods/), in the order the CLI lists them
 # the learning rate each method gets when none is given (the CLI's --lr help is built from this table)
-DEFAULT_LR = {"lora": 2e-4, "full": 2e-5, "prompt-tuning": 3e-2, "ia3": 3e-3}
+DEFAULT_LR = {name: cls.default_lr for name, cls in TUNING_METHODS.items()}
 
 
 @dataclass

@@ -188,16 +188,9 @@ def _rank() -> int:
 
 
 def _peft_config(cfg: TuneConfig):
-    from peft import IA3Config, LoraConfig, PromptTuningConfig, TaskType
+    from .methods import TUNING_METHODS
 
-    if cfg.method == "lora":
-        return LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                          lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules)
-    if cfg.method == "ia3":
-        return IA3Config(task_type=TaskType.CAUSAL_LM)
-    if cfg.method == "prompt-tuning":
-        return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens)
-    return None
+    return TUNING_METHODS[cfg.method]().peft_config(cfg)
 
 
 _NOT_THE_RUN = ("resume", "overwrite", "progress", "out")  # settings that do not change what is trained

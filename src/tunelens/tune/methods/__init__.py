@@ -1,0 +1,30 @@
+"""Tuning methods, registered by name: one file each, its settings' meaning and its PEFT config beside its code.
+
+A method says how the model is wrapped for training (`peft_config`, or None to train every weight) and the
+learning rate it gets when none is given. Adding one is a new file here that registers itself, plus its import
+below; `tune --method`, the run config and the CLI help read the names from the registry, and a name taken twice
+is an error (tunelens.registry).
+"""
+
+from __future__ import annotations
+
+from ...registry import registrar
+
+TUNING_METHODS: dict[str, type["TuningMethod"]] = {}
+
+register = registrar(TUNING_METHODS)
+
+
+class TuningMethod:
+    name: str = "?"
+    #: the learning rate when none is given: each family wants a very different step size
+    default_lr: float = 2e-4
+    description: str = ""
+
+    def peft_config(self, cfg):
+        """The PEFT config that wraps the model (cfg: TuneConfig), or None to train the model itself."""
+        return None
+
+
+# registration order is the order the CLI lists them in
+from . import lora, full, prompt_tuning, ia3  # noqa: E402,F401
