@@ -435,3 +435,39 @@ def test_a_suite_name_taken_by_another_class_is_refused():
         register("task")(Other)
     assert SUITES["task"].__module__ == "tunelens.audit.task"
     register("task")(SUITES["task"])  # the same class again (a reload) is fine
+
+
+def test_a_registered_suite_joins_the_default_audit_by_its_own_declaration(tiny, mc_task):
+    """A plug-in suite says whether it runs by default and where: nothing else is edited (issue 18)."""
+    from tunelens.audit.core import default_suites
+
+    @register("toy_plugin")
+    class Toy(Suite):
+        description = "a toy plug-in suite"
+        rank = 15  # right after task
+        sequential = False
+
+        def run(self, ctx):
+            return SuiteResult([{"id": "x"}], [])
+
+    @register("toy_optional")
+    class Optional_(Suite):
+        default = False
+
+        def run(self, ctx):  # pragma: no cover - not run by default
+            raise AssertionError("a suite that is not default must not run unasked")
+
+    try:
+        assert default_suites()[:2] == ("task", "toy_plugin") and "toy_optional" not in default_suites()
+        ctx = AuditContext(base=tiny, tuned=tiny, tasks=[mc_task], limit=2, n_boot=10, progress=False)
+        from tunelens.audit import runner
+
+        ledger = run_audit(ctx, [n for n in default_suites() if n in ("task", "toy_plugin", "calibration")])
+        assert list(ledger["suites"]) == ["task", "toy_plugin", "calibration"]
+        assert ledger["suites"]["toy_plugin"]["status"] == "ok"
+        r = CliRunner().invoke(app, ["suites"])
+        assert "toy_plugin" in r.output and "toy_optional" in r.output and "(not default)" in r.output
+        assert runner.default_suites is default_suites
+    finally:
+        SUITES.pop("toy_plugin")
+        SUITES.pop("toy_optional")

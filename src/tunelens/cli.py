@@ -206,8 +206,8 @@ def audit_cmd(
     base: str = typer.Option("default", "--base", "-b", help="The model before fine-tuning."),
     tuned: str = typer.Option(..., "--tuned", "-t", help="The fine-tuned model (folder, PEFT adapter, ...)."),
     task: Optional[list[str]] = typer.Option(None, "--task", help="Your task(s): spec YAML, data file or built-in."),
-    suites: Optional[str] = typer.Option(None, help="Comma-separated suites (default: the eight built-in ones). "
-                                                          "See `tunelens suites`."),
+    suites: Optional[str] = typer.Option(None, help="Comma-separated suites (default: every default suite, "
+                                                          "`tunelens suites` lists them)."),
     gate: Optional[list[str]] = typer.Option(None, "--gate", help="Condition that must hold, e.g. "
                                                                   "\"safety.refusal_rate.delta >= -0.05\"; repeatable. "
                                                                   "A headline delta is judged over its confidence "
@@ -422,11 +422,11 @@ def judge_cmd(
 
 @app.command("suites")
 def suites_cmd():
-    """List the audit suites."""
+    """List the audit suites (in the order a default audit runs them; '(not default)' runs only when named)."""
     from .audit import SUITES
 
-    for name, cls in SUITES.items():
-        typer.echo(f"{name:14s} {cls.description}")
+    for name, cls in sorted(SUITES.items(), key=lambda kv: (kv[1].rank, kv[0])):
+        typer.echo(f"{name:14s} {cls.description}" + ("" if cls.default else " (not default)"))
 
 
 @app.command("diff")

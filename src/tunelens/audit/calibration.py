@@ -12,6 +12,7 @@ CALIBRATION_METRICS = ("ece", "brier", "p_vocab_correct", "p_vocab_incorrect_mas
 
 @register("calibration")
 class CalibrationSuite(Suite):
+    rank = 80
     description = "Calibration of choice tasks (the user's, else the built-in general-knowledge set), on the items the task suite used."
     sequential = False
 

@@ -39,6 +39,7 @@ def generation_flips(base_scores, tuned_scores) -> dict:
 
 @register("compatibility")
 class CompatibilitySuite(Suite):
+    rank = 70
     description = "Negative/positive/inconsistency flips between base and tuned (MUSCLE), on the items the task suite used."
     sequential = False
 

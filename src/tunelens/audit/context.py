@@ -75,6 +75,7 @@ MEANINGS = {
 
 @register("context")
 class ContextSuite(Suite):
+    rank = 50
     description = ("Counterfactual-context QA with and without the chat template: accuracy decided, K-precision, "
                    "recall, prior-fallback rate.")
 

@@ -25,6 +25,12 @@ SUITES: dict[str, type["Suite"]] = {}
 register = registrar(SUITES)
 
 
+def default_suites() -> tuple[str, ...]:
+    """The suites an audit runs when none are named: every registered suite that says `default`, by rank — so a
+    suite registered by a plug-in joins without an edit here."""
+    return tuple(sorted((n for n, c in SUITES.items() if c.default), key=lambda n: (SUITES[n].rank, n)))
+
+
 @dataclass
 class AuditContext:
     base: object  # models.ModelHandle
@@ -192,6 +198,8 @@ class Suite:
     name = "suite"
     description = ""
     sequential = True  # draws items in chunks until its headline metrics are decided (no headline: runs once)
+    default = True  # runs when no suites are named (runner.default_suites); False: only when asked for
+    rank = 100  # place in the default audit and in listings (built-ins 10..80): the ledger's order
 
     def headline_count(self, ctx: AuditContext) -> int:
         """How many headline metrics `run` will return: the runner needs the audit's total before it starts, to

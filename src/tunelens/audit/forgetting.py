@@ -26,6 +26,7 @@ def text_losses(handle, texts: list[str], progress: bool = False) -> list[float]
 
 @register("forgetting")
 class ForgettingSuite(Suite):
+    rank = 40
     description = "General-knowledge accuracy and general-text cross-entropy decided (after minus before)."
 
     def headline_count(self, ctx: AuditContext) -> int:

@@ -8,6 +8,7 @@ from .safety import corrected_entry, flip_entries, judge_note, judged_generation
 
 @register("over_refusal")
 class OverRefusalSuite(Suite):
+    rank = 30
     description = "Refusals of safe look-alike prompts (XSTest-style): over-refusal rate and flips."
 
     def headline_count(self, ctx: AuditContext) -> int:

@@ -44,6 +44,7 @@ def entry_label(suite: str, entry: dict) -> str:
 
 @register("robustness")
 class RobustnessSuite(Suite):
+    rank = 60
     description = ("Accuracy under instruction variants — each choice task's own paraphrases, or variants generated "
                    "from generic rewrites when it has none (the built-in demo task only without --task): mean over "
                    "variants and right-under-every-variant decided, per item as a cluster.")

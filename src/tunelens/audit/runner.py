@@ -23,12 +23,12 @@ from ..errors import TunelensError
 from ..io import atomic_open, read_jsonl, write_json, write_jsonl
 from ..outdir import put_back, set_aside
 from . import gate as G
-from .core import SUITES, AuditContext, Headline, SuiteResult
+from .core import SUITES, AuditContext, Headline, SuiteResult, default_suites
 
 LEDGER_SCHEMA = "tunelens.ledger/2"  # 2: typed entries with roles, confidence sequences, decisions, verdict
 DEFAULT_MARGIN = 0.05  # equivalence margin of a headline delta: 5 points of a rate, 0.05 nats of a loss
 DEFAULT_SUITES = ("task", "safety", "over_refusal", "forgetting", "context", "robustness", "compatibility",
-                  "calibration")
+                  "calibration")  # the built-in default audit; run_audit asks core.default_suites(), which adds plug-ins
 
 
 def check_tokenizers(base, tuned, allow_mismatch: bool = False) -> None:
@@ -42,14 +42,14 @@ def check_tokenizers(base, tuned, allow_mismatch: bool = False) -> None:
 
 def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Path | None = None,
               gates: list[str] | None = None, resume: bool = False) -> dict:
-    """Run suites (DEFAULT_SUITES, the eight built-in ones, by default); a failing suite is marked failed, the rest
-    go on.
+    """Run suites (by default every registered suite that says `default`, by rank: core.default_suites); a failing
+    suite is marked failed, the rest go on.
 
     `resume`: `out` holds an earlier attempt of this same audit (same models and settings; the caller vouches
     for that, as the pipeline's stage hash does) in which some suites failed. The suites that succeeded there
     are taken from its ledger and items files, and only the others run; `reused_suites` in the ledger names them.
     """
-    suites = list(suites or DEFAULT_SUITES)
+    suites = list(suites or default_suites())
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise TunelensError(f"unknown suite(s) {', '.join(unknown)}; available: {', '.join(SUITES)}")

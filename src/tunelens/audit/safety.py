@@ -119,6 +119,7 @@ def flip_entries(prefix: str, b_ref: list[bool], t_ref: list[bool], *, lost_is_b
 
 @register("safety")
 class SafetySuite(Suite):
+    rank = 20
     description = "Refusal of built-in harmful requests: refusal and harmful-compliance rates decided, degenerate rate."
     probes = "safety-probes"
 

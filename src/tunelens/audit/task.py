@@ -8,6 +8,7 @@ from .core import AuditContext, Suite, SuiteResult, mcnemar, paired_entry, regis
 
 @register("task")
 class TaskSuite(Suite):
+    rank = 10
     description = "The user's tasks: accuracy (choice) or token F1 (generation) decided, every other metric and flips."
 
     def headline_count(self, ctx: AuditContext) -> int:
