@@ -198,6 +198,10 @@ def test_entries_name_their_task_in_the_cli_table_and_the_report(tiny, plain_tas
     table = capsys.readouterr().out
     assert "pets: mean_accuracy" in table and "pets2 (generated variants): all_paraphrases_accuracy" in table
 
+    summary = (tmp_path / "audit" / "summary.md").read_text()
+    assert "| robustness | pets2 (generated variants): mean_accuracy |" in summary  # headline table
+    assert "| robustness | pets: std_accuracy |" in summary  # secondary table
+
     paths = build_report(tmp_path / "audit")
     html, md = paths["html"].read_text(), paths["md"].read_text()
     for text in (html, md):

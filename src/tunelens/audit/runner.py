@@ -24,6 +24,7 @@ from ..io import atomic_open, read_jsonl, write_json, write_jsonl
 from ..outdir import put_back, set_aside
 from . import gate as G
 from .core import SUITES, AuditContext, Headline, SuiteResult, default_suites
+from .robustness import entry_label
 
 LEDGER_SCHEMA = "tunelens.ledger/2"  # 2: typed entries with roles, confidence sequences, decisions, verdict
 DEFAULT_MARGIN = 0.05  # equivalence margin of a headline delta: 5 points of a rate, 0.05 nats of a loss
@@ -373,7 +374,7 @@ def summary_markdown(ledger: dict, records: dict) -> str:
                   "n / pool | stop | MDE | Holm p |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for suite, e in heads:
             decision = decision_label(e)
-            lines.append(f"| {suite} | {e['metric']} | {_fmt(e['base'])} | {_fmt(e['tuned'])} | "
+            lines.append(f"| {suite} | {entry_label(suite, e)} | {_fmt(e['base'])} | {_fmt(e['tuned'])} | "
                          f"{_fmt(e['delta'], True)} | **{decision}** | {_interval(e.get('cs95'))} | "
                          f"{_interval(e.get('ci95'))} | {e['n']} / {e.get('pool')} | {e.get('stop') or ''} | "
                          f"{_fmt(e.get('mde'))} | {_fmt(e.get('p_holm'))} |")
@@ -396,7 +397,7 @@ def summary_markdown(ledger: dict, records: dict) -> str:
             note = e.get("meaning") or ""
             if e.get("mcnemar_p") is not None:
                 note = (note + "; " if note else "") + f"McNemar p = {e['mcnemar_p']:.3g}"
-            lines.append(f"| {suite} | {e['metric']} | {e.get('role', '')} | {_fmt(e['base'])} | {_fmt(e['tuned'])} | "
+            lines.append(f"| {suite} | {entry_label(suite, e)} | {e.get('role', '')} | {_fmt(e['base'])} | {_fmt(e['tuned'])} | "
                          f"{_fmt(e['delta'], True)} | {ci_s} | {e['n']} | {note} |")
     worst = _worst_flips(records)
     if worst:
