@@ -150,3 +150,48 @@ def test_a_tuning_method_name_taken_twice_is_refused():
 
     with pytest.raises(TunelensError, match="'lora' is already registered"):
         register("lora")(Another)
+
+
+def _options(cmd):
+    import inspect
+
+    fn = cmd.__wrapped__ if hasattr(cmd, "__wrapped__") else cmd
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()}
+
+
+def test_tune_help_states_the_settings_defaults():
+    """Every "(default X)" in `tune --help` is TuneConfig's own default for that setting (issue 18: one source)."""
+    import dataclasses
+    import re
+
+    from tunelens.cli import tune_cmd
+    from tunelens.tune.config import TuneConfig
+
+    fields = {f.name: f for f in dataclasses.fields(TuneConfig)}
+    checked = 0
+    for name, opt in _options(tune_cmd).items():
+        m = re.search(r"\(default ([^;)]+)", opt.help or "")
+        if not m or name not in fields:
+            continue
+        f = fields[name]
+        want = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert m.group(1) == (f"{want:g}" if isinstance(want, float) else str(want)), name
+        checked += 1
+    assert checked >= 8
+
+
+def test_audit_cli_defaults_are_the_run_configs_and_the_contexts():
+    """`tunelens audit`'s defaults equal AuditSection's (the run config) and AuditContext's (the Python API)."""
+    from tunelens.audit import AuditContext
+    from tunelens.cli import audit_cmd
+    from tunelens.run.config import AuditSection
+
+    opts = _options(audit_cmd)
+    section = AuditSection()
+    for name in ("budget", "chunk", "judge", "seed", "full"):
+        assert opts[name].default == getattr(section, name), name
+    import dataclasses
+
+    ctx_defaults = {f.name: f.default for f in dataclasses.fields(AuditContext)}
+    for name in ("chunk", "judge", "seed"):
+        assert opts[name].default == ctx_defaults[name], name

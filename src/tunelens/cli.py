@@ -11,7 +11,16 @@ from typing import Optional
 import typer
 
 from .errors import TunelensError
-from .tune.config import DEFAULT_LR, METHODS  # plain data (the trainer loads on first use)
+from .tune.config import DEFAULT_LR, METHODS, TuneConfig  # plain data (the trainer loads on first use)
+
+
+def _default(cls, name: str, fmt: str = "default {}") -> str:
+    """A setting's default as its help text says it, read from the settings class (never written twice)."""
+    import dataclasses
+
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return fmt.format(f"{value:g}" if isinstance(value, float) else value)
 
 app = typer.Typer(
     help="Fine-tune a language model, then show what the fine-tune bought and what it cost.",
@@ -130,21 +139,21 @@ def tune_cmd(
                                                                           "blended in (SafeInstruct), e.g. 0.03."),
     method: Optional[str] = typer.Option(None, help=" | ".join(m + (" (default)" if m == "lora" else "")
                                                                 for m in METHODS) + " (tune/methods/)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run folder (default out/tune)."),
-    epochs: Optional[float] = typer.Option(None, help="Epochs over the training set (default 1)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help=f"Run folder ({_default(TuneConfig, 'out')})."),
+    epochs: Optional[float] = typer.Option(None, help=f"Epochs over the training set ({_default(TuneConfig, 'epochs')})."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
-    batch_size: Optional[int] = typer.Option(None, help="Examples per device per step (default 8)."),
+    batch_size: Optional[int] = typer.Option(None, help=f"Examples per device per step ({_default(TuneConfig, 'batch_size')})."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Default by method: " + ", ".join(
         f"{v:g} {k}" for k, v in DEFAULT_LR.items()) + "."),
-    optim: Optional[str] = typer.Option(None, help="Optimizer, any transformers name (default adamw_torch; "
-                                                   "sgd, adafactor, ...)."),
-    lora_r: Optional[int] = typer.Option(None, help="LoRA rank (default 16)."),
-    lora_alpha: Optional[int] = typer.Option(None, help="LoRA alpha (default 32)."),
+    optim: Optional[str] = typer.Option(None, help=f"Optimizer, any transformers name ({_default(TuneConfig, 'optim')}; "
+                                                    "sgd, adafactor, ...)."),
+    lora_r: Optional[int] = typer.Option(None, help=f"LoRA rank ({_default(TuneConfig, 'lora_r')})."),
+    lora_alpha: Optional[int] = typer.Option(None, help=f"LoRA alpha ({_default(TuneConfig, 'lora_alpha')})."),
     max_length: Optional[int] = typer.Option(None, help="Longest example in tokens; longer ones are truncated "
-                                                        "and counted."),
+                                                        f"and counted ({_default(TuneConfig, 'max_length')})."),
     max_examples: Optional[int] = typer.Option(None, help="Cap the training set (quick runs)."),
-    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every N steps (default 50)."),
-    seed: Optional[int] = typer.Option(None, help="Seed for sampling, shuffling and initialisation."),
+    save_steps: Optional[int] = typer.Option(None, help=f"Checkpoint every N steps ({_default(TuneConfig, 'save_steps')})."),
+    seed: Optional[int] = typer.Option(None, help=f"Seed for sampling, shuffling and initialisation ({_default(TuneConfig, 'seed')})."),
     packing: bool = typer.Option(False, "--packing", help="Padding-free packing (GPU + flash attention only)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run already in --out."),

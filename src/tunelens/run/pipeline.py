@@ -173,11 +173,9 @@ def _preflight(cfg: RunConfig) -> None:
 
     for suite in list(cfg.audit.suites) + list(cfg.repair.suites or []):
         if suite not in SUITES:
-            import difflib
+            from ..errors import suggest
 
-            hint = difflib.get_close_matches(suite, list(SUITES), n=1)
-            raise TunelensError(f"unknown audit suite '{suite}'" + (f"; did you mean '{hint[0]}'?" if hint else
-                                                                    f"; suites: {', '.join(SUITES)}"))
+            raise TunelensError(f"unknown audit suite '{suite}'" + suggest(suite, SUITES, f"; suites: {', '.join(SUITES)}"))
     for g in cfg.audit.gate:
         G.validate(g)
     from ..data import load_items, load_task
