@@ -44,6 +44,21 @@ def rules_hash() -> str:
     return hashlib.sha256(Path(R.__file__).read_bytes()).hexdigest()[:12]
 
 
+def structure_first(replies: list[str], labels: list[str] | None = None) -> tuple[list, list[int]]:
+    """Verdicts for the replies whose structure is degenerate (empty, looping, role tokens, a bare label: facts
+    about the text, decided by the rules for every judge), None for the rest, and the indices of the rest, which
+    the judge's own model reads."""
+    out: list = [None] * len(replies)
+    todo = []
+    for i, r in enumerate(replies):
+        why = R.is_degenerate(r, labels)
+        if why:
+            out[i] = ("degenerate", why)
+        else:
+            todo.append(i)
+    return out, todo
+
+
 class Judge:
     """A judge: `verdicts(requests, replies, labels)` -> [(verdict, reason)], in order."""
 
@@ -106,14 +121,10 @@ class ProbeJudge(Judge):
 
     def verdicts(self, requests, replies, labels=None):
         requests, replies = list(requests), list(replies)
-        out: list = [None] * len(replies)
-        todo = []
-        for i, r in enumerate(replies):
-            why = R.is_degenerate(r, labels) if self.spec == "rules+probe" else None
-            if why:
-                out[i] = ("degenerate", why)
-            else:
-                todo.append(i)
+        if self.spec == "rules+probe":
+            out, todo = structure_first(replies, labels)
+        else:  # the probe alone judges every reply itself
+            out, todo = [None] * len(replies), list(range(len(replies)))
         if todo:
             p = self.proba([requests[i] for i in todo], [replies[i] for i in todo], labels)
             for i, row in zip(todo, p):

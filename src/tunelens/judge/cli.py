@@ -8,8 +8,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from . import Judge, load_judge
-from . import card as C
-from . import rules as R
+from .train import measure
 
 REQUEST_FIELDS = ("prompt", "request")
 
@@ -62,22 +61,6 @@ def label_file(path: Path, spec: str, *, labels=None, out: Path | None = None, b
 
         write_jsonl(out, labelled)
     return labelled
-
-
-def measure(judge: Judge) -> dict:
-    """The judge's card on the held-out part of the labelled corpus, plus safety_tune's refusals read as such."""
-    from . import CORPUS_FILE
-    from .train import corpus, safety_tune_refusals
-
-    _, held = corpus(CORPUS_FILE)
-    v = [x[0] for x in judge.verdicts([r["request"] for r in held], [r["response"] for r in held])]
-    card = C.card([r["label"] for r in held], v, [r.get("kind", "harmful") for r in held])
-    st = safety_tune_refusals()
-    s = [x[0] for x in judge.verdicts([r["request"] for r in st], [r["response"] for r in st])]
-    card["safety_tune_refusals"] = {"n": len(st), "read_as_refusal": sum(x == "refusal" for x in s) / len(st),
-                                    "verdicts": {k: s.count(k) for k in R.VERDICTS}}
-    card["version"] = judge.version
-    return card
 
 
 def format_card(spec: str, card: dict) -> str:

@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 from ..errors import TunelensError
-from . import Judge
+from . import Judge, structure_first
 from . import rules as R
 
 ALIASES = {"refusal": "refusal", "refuse": "refusal", "refused": "refusal", "partial": "partial",
@@ -114,14 +114,7 @@ class HFJudge(Judge):
     def verdicts(self, requests, replies, labels=None, batch_size: int = 16):
         import torch
 
-        out: list = [None] * len(replies)
-        todo = []
-        for i, r in enumerate(replies):
-            why = R.is_degenerate(r, labels)  # structure first, as every judge does
-            if why:
-                out[i] = ("degenerate", why)
-            else:
-                todo.append(i)
+        out, todo = structure_first(replies, labels)
         for a in range(0, len(todo), batch_size):
             idx = todo[a: a + batch_size]
             enc = self.tokenizer([requests[i] or "" for i in idx], [replies[i] for i in idx], return_tensors="pt",
@@ -187,14 +180,7 @@ class GuardJudge(Judge):
     def verdicts(self, requests, replies, labels=None):
         from ..scoring import generate
 
-        out: list = [None] * len(replies)
-        todo = []
-        for i, r in enumerate(replies):
-            why = R.is_degenerate(r, labels)
-            if why:
-                out[i] = ("degenerate", why)
-            else:
-                todo.append(i)
+        out, todo = structure_first(replies, labels)
         gens = generate(self.model, self.tokenizer, [self.prompt(requests[i], replies[i]) for i in todo],
                         max_new_tokens=6, progress=False, desc="guard judge") if todo else []
         for i, g in zip(todo, gens):

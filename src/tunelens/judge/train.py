@@ -49,6 +49,24 @@ def safety_tune_refusals() -> list[dict]:
     return [{"request": r["prompt"], "response": r["response"]} for r in rows]
 
 
+def measure(judge, held: list[dict] | None = None, st: list[dict] | None = None) -> dict:
+    """A judge's card: on the held-out part of the corpus (by default the shipped one), with its accuracy by source
+    (real model outputs vs written replies), and the share of safety_tune's refusals it reads as refusals."""
+    held = corpus()[1] if held is None else held
+    st = safety_tune_refusals() if st is None else st
+    v = [x[0] for x in judge.verdicts([r["request"] for r in held], [r["response"] for r in held])]
+    card = C.card([r["label"] for r in held], v, [r.get("kind", "harmful") for r in held])
+    s = [x[0] for x in judge.verdicts([r["request"] for r in st], [r["response"] for r in st])]
+    card["safety_tune_refusals"] = {"n": len(st), "read_as_refusal": sum(x == "refusal" for x in s) / len(st),
+                                    "verdicts": {k: s.count(k) for k in R.VERDICTS}}
+    card["by_source"] = {}
+    for src in sorted({r.get("source", "?").split(":")[0] for r in held}):
+        pairs = [(r["label"], p) for r, p in zip(held, v) if r.get("source", "?").startswith(src)]
+        card["by_source"][src] = C.card([a for a, _ in pairs], [p for _, p in pairs])["accuracy"]
+    card["version"] = judge.version
+    return card
+
+
 def _folds(rows: list[dict], k: int = FOLDS) -> np.ndarray:
     """Fold of each row, by request (a request's rows share a fold), seeded by the request's hash."""
     keys = sorted({r.get("group") or R.normalize(r["request"] or "") for r in rows})
@@ -115,15 +133,7 @@ def main(argv=None) -> int:
            "encoder": {k: meta[k] for k in ("encoder", "encoder_sha256", "layers", "request_tokens", "reply_tokens")},
            "judges": {}}
     for name, j in judges.items():
-        v = [x[0] for x in j.verdicts([r["request"] for r in held], [r["response"] for r in held])]
-        c = C.card([r["label"] for r in held], v, [r.get("kind", "harmful") for r in held])
-        s = [x[0] for x in j.verdicts([r["request"] for r in st], [r["response"] for r in st])]
-        c["safety_tune_refusals"] = {"n": len(st), "read_as_refusal": sum(x == "refusal" for x in s) / len(st),
-                                     "verdicts": {k: s.count(k) for k in R.VERDICTS}}
-        c["by_source"] = {src: C.card([r["label"] for r, _ in pairs], [p for _, p in pairs])["accuracy"]
-                          for src in sorted({r.get("source", "?").split(":")[0] for r in held})
-                          for pairs in [[(r, p) for r, p in zip(held, v) if r.get("source", "?").startswith(src)]]}
-        c["version"] = j.version
+        c = measure(j, held, st)
         out["judges"][name] = c
         print(f"{name}: held-out accuracy {c['accuracy']:.3f} (refusal vs not {c['refusal_vs_not_accuracy']:.3f}); "
               f"safety_tune refusals read as refusal {c['safety_tune_refusals']['read_as_refusal']:.3f}",
