@@ -11,16 +11,10 @@ from typing import Optional
 import typer
 
 from .errors import TunelensError
-from .tune.config import DEFAULT_LR, METHODS, TuneConfig  # plain data (the trainer loads on first use)
+from .run.config import AuditSection, DiffSection, EvalSettings, GraftSection
+from .settings import cli_options
+from .tune.config import CurveSettings, TuneConfig  # plain data (the trainer loads on first use)
 
-
-def _default(cls, name: str, fmt: str = "default {}") -> str:
-    """A setting's default as its help text says it, read from the settings class (never written twice)."""
-    import dataclasses
-
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    return fmt.format(f"{value:g}" if isinstance(value, float) else value)
 
 app = typer.Typer(
     help="Fine-tune a language model, then show what the fine-tune bought and what it cost.",
@@ -77,48 +71,38 @@ def _print_metrics(result) -> None:
 
 @app.command("eval")
 @_friendly
+@cli_options(EvalSettings)
 def eval_cmd(
     model: str = typer.Option("default", "--model", "-m",
                               help="'default' (embedded SmolLM2-135M-Instruct), an HF folder, a PEFT adapter folder, "
                                    "a .gguf file or a hub id."),
     task: str = typer.Option(..., "--task", "-t", help="Task spec YAML, a data file, or a built-in task name "
                                                        "(see `tunelens tasks`)."),
-    split: Optional[str] = typer.Option(None, help="Split to evaluate (default: the spec's eval_split)."),
     out: Path = typer.Option(Path("out/eval"), "--out", "-o", help="Folder for results.json and items.jsonl."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate N items: the first N of the split's stratified, seeded order "
-                                                   "(every label in proportion), not the file's first rows."),
-    fewshot: Optional[int] = typer.Option(None, help="Override the spec's few-shot k."),
     base: Optional[str] = typer.Option(None, help="Base model for a PEFT adapter (default: from adapter_config)."),
-    token_budget: int = typer.Option(4096, help="Max padded tokens per log-likelihood batch."),
-    batch_size: int = typer.Option(16, help="Batch size for generation."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow loading .bin/pickle checkpoints "
                                                                     "(they can run code)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with the "
                                                                               "checkpoint."),
-    seed: int = typer.Option(0, help="Seed for few-shot sampling and bootstrap intervals."),
+    settings: dict = None,
 ):
     """Evaluate a model on a task: writes results.json and items.jsonl, prints a metrics table."""
-    from .data import load_task
+    from .data import load_items, load_task
     from .evaluate import evaluate
     from .models import resolve_model
     from .outdir import claim
+    from .settings import build
 
-    from . import checks as C
-    from .data import load_items
-
-    C.integer(limit, "--limit", 1, null=True)
-    C.integer(fewshot, "--fewshot", 0, null=True)
-    C.integer(batch_size, "--batch-size", 1)
-    C.integer(token_budget, "--token-budget", 64)  # below a prompt's length every batch holds one item: slow
+    e = build(EvalSettings, settings)
     spec = load_task(task)
-    if fewshot is not None:
-        spec.fewshot = fewshot
-    load_items(spec, split or spec.eval_split)  # every bad row or template field is named before the model loads
+    if e.fewshot is not None:
+        spec.fewshot = e.fewshot
+    load_items(spec, e.split or spec.eval_split)  # every bad row or template field is named before the model loads
     with claim(out, "eval"):  # checked (ours, writable, free) before the model loads and the items are scored
         handle = resolve_model(model, base=base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                                merge_adapter="auto")
-        result = evaluate(handle, spec, split=split, limit=limit, token_budget=token_budget,
-                          batch_size=batch_size, seed=seed)
+        result = evaluate(handle, spec, split=e.split, limit=e.limit, token_budget=e.token_budget,
+                          batch_size=e.batch_size, seed=e.seed)
         result.save(out)
     _print_metrics(result)
     typer.echo(f"wrote {out / 'results.json'} and {out / 'items.jsonl'}")
@@ -126,76 +110,50 @@ def eval_cmd(
 
 @app.command("tune")
 @_friendly
+@cli_options(TuneConfig, unset=True)
 def tune_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with any of the settings below; "
                                                                       "flags given on the command line win."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to tune (default: the embedded model)."),
-    data: Optional[list[str]] = typer.Option(None, "--data", "-d", help="Task spec, data file or built-in task; "
-                                                                        "repeat for several (all items used)."),
-    mix: Optional[list[str]] = typer.Option(None, "--mix", help="TASK:WEIGHT, repeatable: sample tasks to these "
-                                                                "weights (a multi-task cocktail)."),
-    replay: Optional[float] = typer.Option(None, help="Fraction of general-instruction replay examples (0-1)."),
-    safety_mix: Optional[float] = typer.Option(None, "--safety-mix", help="Fraction of built-in safety refusals "
-                                                                          "blended in (SafeInstruct), e.g. 0.03."),
-    method: Optional[str] = typer.Option(None, help=" | ".join(m + (" (default)" if m == "lora" else "")
-                                                                for m in METHODS) + " (tune/methods/)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help=f"Run folder ({_default(TuneConfig, 'out')})."),
-    epochs: Optional[float] = typer.Option(None, help=f"Epochs over the training set ({_default(TuneConfig, 'epochs')})."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
-    batch_size: Optional[int] = typer.Option(None, help=f"Examples per device per step ({_default(TuneConfig, 'batch_size')})."),
-    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Default by method: " + ", ".join(
-        f"{v:g} {k}" for k, v in DEFAULT_LR.items()) + "."),
-    optim: Optional[str] = typer.Option(None, help=f"Optimizer, any transformers name ({_default(TuneConfig, 'optim')}; "
-                                                    "sgd, adafactor, ...)."),
-    lora_r: Optional[int] = typer.Option(None, help=f"LoRA rank ({_default(TuneConfig, 'lora_r')})."),
-    lora_alpha: Optional[int] = typer.Option(None, help=f"LoRA alpha ({_default(TuneConfig, 'lora_alpha')})."),
-    max_length: Optional[int] = typer.Option(None, help="Longest example in tokens; longer ones are truncated "
-                                                        f"and counted ({_default(TuneConfig, 'max_length')})."),
-    max_examples: Optional[int] = typer.Option(None, help="Cap the training set (quick runs)."),
-    save_steps: Optional[int] = typer.Option(None, help=f"Checkpoint every N steps ({_default(TuneConfig, 'save_steps')})."),
-    seed: Optional[int] = typer.Option(None, help=f"Seed for sampling, shuffling and initialisation ({_default(TuneConfig, 'seed')})."),
-    packing: bool = typer.Option(False, "--packing", help="Padding-free packing (GPU + flash attention only)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run already in --out."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE for any setting, repeatable (VALUE "
+                                                                 "read as YAML), e.g. --set lora_dropout=0.1."),
+    settings: dict = None,
 ):
     """Fine-tune a model on task data (chat-formatted SFT, loss on the reply only); saves a PEFT adapter or a
-    full model folder under OUT/model, plus train_log.jsonl and run.json."""
+    full model folder under OUT/model, plus train_log.jsonl and run.json. Every option is a TuneConfig setting
+    (tune/config.py), also settable in the --config YAML."""
+    from .settings import given, parse_sets
     from .tune import load_config, tune
 
-    cfg = load_config(config, model=model, data=data or None, mix=mix or None, replay=replay, safety_mix=safety_mix,
-                      method=method, out=out, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                      learning_rate=learning_rate, optim=optim, lora_r=lora_r, lora_alpha=lora_alpha,
-                      max_length=max_length, max_examples=max_examples, save_steps=save_steps, seed=seed,
-                      packing=packing or None, resume=resume or None, overwrite=overwrite or None)
+    cfg = load_config(config, **{**parse_sets(set_, TuneConfig), **given(settings)})
     final = tune(cfg)
     typer.echo(f"wrote {final} (evaluate it with: tunelens eval --model {final} --task TASK)")
 
 
 @app.command("curve")
 @_friendly
+@cli_options(TuneConfig, only=("model", "data", "max_steps", "seed"), unset=True, into="tuning")
+@cli_options(CurveSettings)
 def curve_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Tuning YAML (as for `tunelens tune`)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to tune (default: embedded)."),
-    data: Optional[list[str]] = typer.Option(None, "--data", "-d", help="Training task(s)."),
-    fractions: str = typer.Option("0.1,0.25,0.5,1.0", help="Comma-separated fractions of the training set."),
-    eval_task: Optional[str] = typer.Option(None, "--eval-task", help="Task to score (default: the first --data)."),
-    metric: str = typer.Option("accuracy", help="Metric to fit."),
-    target: Optional[float] = typer.Option(None, help="Report the examples needed to reach this score."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Folder for the runs and curve.json."),
-    max_steps: Optional[int] = typer.Option(None, help="Cap steps per run (quick looks)."),
-    seed: Optional[int] = typer.Option(None, help="Seed."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Folder for the runs and curve.json "
+                                                                "(default out/curve)."),
+    settings: dict = None,
+    tuning: dict = None,
 ):
     """Learning curve: tune on growing fractions of the data, evaluate each on the validation split, fit a
     saturating power law, predict the score at 2x and 4x the data and the data needed for a target."""
+    from .settings import build, given, split
     from .tune import load_config
     from .tune.curve import learning_curve
 
     try:
-        fracs = [float(x) for x in fractions.split(",") if x.strip()]
+        fracs = [float(x) for x in split(settings["fractions"])]
     except ValueError:
-        raise TunelensError(f"--fractions must be numbers separated by commas, got '{fractions}'") from None
-    cfg = load_config(config, model=model, data=data or None, out=out or "out/curve", max_steps=max_steps, seed=seed)
-    s = learning_curve(cfg, fracs, eval_task=eval_task, metric=metric, target=target)
+        raise TunelensError(f"--fractions must be numbers separated by commas, got '{settings['fractions']}'") from None
+    c = build(CurveSettings, {**settings, "fractions": fracs})
+    cfg = load_config(config, **given(tuning), out=out or "out/curve")
+    s = learning_curve(cfg, c.fractions, eval_task=c.eval_task, metric=c.metric, target=c.target, split=c.split)
+    metric, target = c.metric, c.target
     for p in s["points"]:
         typer.echo(f"{p['examples']:>6} examples  {metric}={p['score']:.4f}")
     if "holdout" in s:
@@ -211,35 +169,11 @@ def curve_cmd(
 
 @app.command("audit")
 @_friendly
+@cli_options(AuditSection)
 def audit_cmd(
     base: str = typer.Option("default", "--base", "-b", help="The model before fine-tuning."),
     tuned: str = typer.Option(..., "--tuned", "-t", help="The fine-tuned model (folder, PEFT adapter, ...)."),
-    task: Optional[list[str]] = typer.Option(None, "--task", help="Your task(s): spec YAML, data file or built-in."),
-    suites: Optional[str] = typer.Option(None, help="Comma-separated suites (default: every default suite, "
-                                                          "`tunelens suites` lists them)."),
-    gate: Optional[list[str]] = typer.Option(None, "--gate", help="Condition that must hold, e.g. "
-                                                                  "\"safety.refusal_rate.delta >= -0.05\"; repeatable. "
-                                                                  "A headline delta is judged over its confidence "
-                                                                  "sequence: pass (exit 0) when the condition holds "
-                                                                  "for all of it, fail (exit 3) when for none, else "
-                                                                  "inconclusive (exit 4)."),
     out: Path = typer.Option(Path("out/audit"), "--out", "-o", help="Folder for ledger.json, items/, summary.md."),
-    limit: Optional[int] = typer.Option(None, help="Draw at most N items of each pool (the sequences stay about "
-                                                   "the whole pool; a larger N uses the pool)."),
-    budget: float = typer.Option(300.0, help="Seconds for the whole audit: suites stop drawing items when their "
-                                             "share runs out, and what is undecided is inconclusive."),
-    full: bool = typer.Option(False, "--full", help="Run every item of every pool (no sequential stopping)."),
-    margin: Optional[list[str]] = typer.Option(None, "--margin", help="Equivalence margin of a headline metric, "
-                                                                      "METRIC=VALUE (e.g. task.accuracy=0.02, or "
-                                                                      f"refusal_rate=0.1); default 0.05; repeatable."),
-    chunk: int = typer.Option(32, help="Items drawn between two looks of a sequential suite."),
-    judge: str = typer.Option("rules+probe", "--judge", help="Who judges replies refusal / partial / compliance / "
-                                                             "degenerate: rules, probe, rules+probe (rules for "
-                                                             "degenerate text, a learned probe for the rest), "
-                                                             "hf:PATH (a local sequence classifier) or guard:PATH (a "
-                                                             "local guard LM). `tunelens judge --evaluate` measures "
-                                                             "one."),
-    seed: int = typer.Option(0, help="Seed of the item order and the bootstrap intervals."),
     allow_tokenizer_mismatch: bool = typer.Option(False, "--allow-tokenizer-mismatch",
                                                   help="Audit models whose tokenizers differ."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .bin/pickle checkpoints."),
@@ -254,6 +188,7 @@ def audit_cmd(
                                               "base's weights, the items, the settings and tunelens' code."),
     no_base_cache: bool = typer.Option(False, "--no-base-cache", help="Run the base model even if its results "
                                                                       "are cached, and keep none."),
+    settings: dict = None,
 ):
     """Compare a base and a tuned model on the same items: task gain, safety, over-refusal, forgetting,
     context use, robustness, flips and calibration.
@@ -265,45 +200,38 @@ def audit_cmd(
     survive Holm's adjustment. Exit codes: 0 ok, 1 a suite failed, 2 bad input, 3 a gate failed,
     4 a gate inconclusive."""
     from .audit import AuditContext, check_tokenizers, run_audit
-    from .audit import gate as G
     from .audit.base_store import attach
-    from .data import load_task
     from .models import resolve_model
+    from .outdir import claim
+    from .run.config import AuditSection, DiffSection, EvalSettings, GraftSection
+    from .settings import build, split
 
     if lm_eval:  # before minutes of loading models
         from .audit.lmeval_bridge import require_lm_eval
 
         require_lm_eval()
-    from .outdir import claim
+    a = build(AuditSection, {**settings, "suites": split(settings["suites"]),
+                             "margins": parse_margins(settings["margins"])})
+    specs = checked_tasks(a.tasks)
+    from .audit import gate as G
 
-    from . import checks as C
-    from .data import load_items
-
-    C.integer(limit, "--limit", 1, null=True)
-    C.integer(chunk, "--chunk", 1)
-    C.number(budget, "--budget", above=0, null=True)
-    margins = parse_margins(margin or [])
-    specs = [load_task(t) for t in (task or [])]
-    for spec in specs:  # bad rows and template fields are named before the models load
-        load_items(spec, spec.eval_split)
-    for g in gate or []:  # a malformed gate fails before models load and suites run
+    for g in a.gate:  # a malformed gate fails before models load and suites run
         G.validate(g)
-    chosen = [s.strip() for s in suites.split(",")] if suites else None
     from .judge import load_judge
 
-    load_judge(judge)  # a bad judge path fails before the models load
+    load_judge(a.judge)  # a bad judge path fails before the models load
     with claim(out, "audit"):
         hb = resolve_model(base, allow_pickle=allow_pickle)
         ht = resolve_model(tuned, allow_pickle=allow_pickle, merge_adapter="auto")  # merged: same outputs, faster
         check_tokenizers(hb, ht, allow_tokenizer_mismatch)
-        ctx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=limit, seed=seed, sequential=not full,
-                           budget=budget, chunk=chunk, margins=margins, judge=judge)
+        ctx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, sequential=not a.full,
+                           budget=a.budget, chunk=a.chunk, margins=a.margins, judge=a.judge)
         for t in lm_eval or []:
             from .audit.lmeval_bridge import add_lm_eval_task
 
             add_lm_eval_task(ctx, t, lm_eval_include)
         store = attach(ctx, False if no_base_cache else base_cache or True)
-        ledger = run_audit(ctx, chosen, out, gate)
+        ledger = run_audit(ctx, a.suites, out, a.gate or None)
     _print_ledger(ledger)
     if store and store.reuse_note():
         typer.echo(store.reuse_note())
@@ -319,22 +247,24 @@ def audit_cmd(
         raise typer.Exit(code)
 
 
-def parse_margins(items: list[str]) -> dict[str, float]:
-    """--margin METRIC=VALUE, each a number > 0."""
-    from . import checks as C
-    from .errors import TunelensError
+def checked_tasks(names: list[str]) -> list:
+    """The task specs, each with its rows and template fields checked before any model loads (a bad row is
+    named by file and line now, not minutes later)."""
+    from .data import load_items, load_task
 
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-        if not sep or not name.strip() or number is None:
-            raise TunelensError(f"--margin '{item}': write METRIC=VALUE, e.g. --margin task.accuracy=0.02")
-        out[name.strip()] = C.number(number, f"--margin {name.strip()}", above=0)
-    return out
+    specs = [load_task(t) for t in names]
+    for spec in specs:
+        load_items(spec, spec.eval_split)
+    return specs
+
+
+def parse_margins(items: list[str] | None) -> dict[str, float]:
+    """--margin METRIC=VALUE (repeatable), each a number > 0."""
+    from . import checks as C
+    from .settings import parse_pairs
+
+    return {k: C.number(v, f"--margin {k}", above=0)
+            for k, v in parse_pairs(items, "--margin", "task.accuracy=0.02", "METRIC").items()}
 
 
 def gate_exit(ledger: dict) -> int:
@@ -395,7 +325,7 @@ def judge_cmd(
                                                      "optionally a 'prompt' or 'request'). Omit with --evaluate."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the labelled rows go (JSONL; default: "
                                                                  "standard output)."),
-    judge: str = typer.Option("rules+probe", "--judge", help="rules, probe, rules+probe (default), hf:PATH or "
+    judge: str = typer.Option(AuditSection.judge, "--judge", help="rules, probe, rules+probe (default), hf:PATH or "
                                                              "guard:PATH (see `tunelens audit --help`)."),
     evaluate: bool = typer.Option(False, "--evaluate", help="Measure the judge on the project's held-out labelled "
                                                             "replies (and on the safety-mix refusals) and print its "
@@ -440,6 +370,7 @@ def suites_cmd():
 
 @app.command("diff")
 @_friendly
+@cli_options(DiffSection)
 def diff_cmd(
     base: Optional[str] = typer.Option(None, "--base", "-b", help="The model before fine-tuning (default: the "
                                                                   "base named by a --tuned adapter)."),
@@ -449,10 +380,7 @@ def diff_cmd(
                                                               "overlap of the entries the two changed."),
     out: Path = typer.Option(Path("out/diff"), "--out", "-o", help="Folder for diff.json, diff_tensors.csv and "
                                                                    "the heatmap."),
-    rank: bool = typer.Option(True, "--rank/--no-rank", help="Singular values of every 2-D update (numerical "
-                                                             "rank, energy ranks); the slow part."),
-    rank_max_dim: Optional[int] = typer.Option(None, "--rank-max-dim", help="Skip the rank of matrices whose "
-                                                                            "smaller side exceeds this."),
+    settings: dict = None,
 ):
     """Where the fine-tune changed the weights: per-tensor fractions changed, norms, cosine and rank of the
     update, by layer and module, streamed tensor by tensor (full checkpoints or LoRA adapters)."""
@@ -469,8 +397,11 @@ def diff_cmd(
 
     from .outdir import claim
 
+    from .settings import build
+
+    d = build(DiffSection, settings)
     with claim(out, "diff"):
-        result = diff_models(base, tuned, other=other, out=out, rank=rank, rank_max_dim=rank_max_dim,
+        result = diff_models(base, tuned, other=other, out=out, rank=d.rank, rank_max_dim=d.rank_max_dim,
                              progress=progress)
     if shown["pct"] >= 0:
         typer.echo("", err=True)
@@ -481,40 +412,31 @@ def diff_cmd(
 
 @app.command("graft")
 @_friendly
+@cli_options(GraftSection)
 def graft_cmd(
     base: Optional[str] = typer.Option(None, "--base", "-b", help="The model before fine-tuning (default: the "
                                                                   "base named by a --tuned adapter)."),
     tuned: str = typer.Option(..., "--tuned", "-t", help="The fine-tuned model: a full checkpoint or a PEFT "
                                                          "LoRA adapter (merged)."),
     task: str = typer.Option(..., "--task", help="Task spec (YAML), data file or built-in task name."),
-    sparsity: str = typer.Option("1e-4,1e-3,1e-2", "--sparsity", "-s", help="Comma-separated fractions of the "
-                                                                            "eligible entries to graft."),
-    steps: int = typer.Option(20, "--steps", help="Mask optimisation steps (0: top-|Δ| mask only)."),
-    lr: float = typer.Option(1e7, "--lr", help="Step size on the mask logits S (σ'(S-10) ≈ 4.5e-5)."),
-    examples: int = typer.Option(256, "--examples", help="Train examples in the pool the loss is computed on."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Examples per step, drawn from the pool (the whole "
-                                                            "pool when it is smaller)."),
-    select_limit: int = typer.Option(64, "--select-limit", help="Items of train and of validation scoring "
-                                                                "the rounded mask after each step."),
-    eval_limit: Optional[int] = typer.Option(None, "--limit", help="Items of the eval split for the reported "
-                                                                   "scores (default: all)."),
-    include_embeddings: bool = typer.Option(False, "--include-embeddings", help="Let the mask include the "
-                                                                                "embedding matrices."),
-    seed: int = typer.Option(0, "--seed", help="Seed of S and of the example batch."),
     out: Path = typer.Option(Path("out/graft"), "--out", "-o", help="Folder for graft.json and the masks."),
     save_model: bool = typer.Option(False, "--save-model", help="Also save each grafted model (model-s{s}/)."),
+    settings: dict = None,
 ):
     """Skill localization by grafting (Panigrahi et al. 2023): the sparse set of fine-tuned entries that,
     grafted onto the base, recovers the tune's gain on a task."""
     from .diff.graft import graft
+    from .settings import build, split
 
     try:
-        sparsities = [float(x) for x in sparsity.split(",") if x.strip()]
+        sparsities = [float(x) for x in split(settings["sparsities"])]
     except ValueError:
-        raise TunelensError(f"--sparsity '{sparsity}': give comma-separated numbers, e.g. 1e-4,1e-3") from None
+        raise TunelensError(f"--sparsity '{settings['sparsities']}': give comma-separated numbers, e.g. "
+                            "1e-4,1e-3") from None
+    g = build(GraftSection, {**settings, "sparsities": sparsities, "task": task})
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(sparsities) * steps, desc="graft steps", unit="step", disable=not steps)
+    bar = tqdm(total=len(g.sparsities) * g.steps, desc="graft steps", unit="step", disable=not g.steps)
 
     def progress(done: int, total: int) -> None:
         bar.update(done - bar.n)
@@ -522,9 +444,10 @@ def graft_cmd(
     from .outdir import claim
 
     with claim(out, "graft"):
-        result = graft(base, tuned, task, sparsities, steps=steps, lr=lr, examples=examples, batch_size=batch_size,
-                       out=out, save_model=save_model, seed=seed, include_embeddings=include_embeddings,
-                       select_limit=select_limit, eval_limit=eval_limit, progress=progress)
+        result = graft(base, tuned, task, g.sparsities, steps=g.steps, lr=g.lr, examples=g.examples,
+                       batch_size=g.batch_size, out=out, save_model=save_model, seed=g.seed,
+                       include_embeddings=g.include_embeddings, select_limit=g.select_limit,
+                       eval_limit=g.eval_limit, progress=progress)
     bar.close()
     for r in result["results"]:
         sc, g = r["score"], r["gain_recovered"]
@@ -580,18 +503,18 @@ def repair_cmd(
 
         from .repair.sweep import load_sweep_file
 
-        cfg = load_sweep_file(sweep)  # every key and value checked, with "did you mean" for a typo
-        base, tuned = base or cfg.get("base"), tuned or cfg.get("tuned")
+        from .run.config import SweepFile
+
+        cfg = SweepFile(**load_sweep_file(sweep))  # every key and value checked, with "did you mean" for a typo
+        base, tuned = base or cfg.base, tuned or cfg.tuned
         if not base or not tuned:
             raise TunelensError("a sweep needs --base and --tuned (or base: and tuned: in the sweep file)")
-        out = out or Path(cfg.get("out") or "out/repair-sweep")
+        out = out or Path(cfg.out or "out/repair-sweep")
         from .outdir import claim
 
         with claim(out, "sweep"):
-            res = run_sweep(str(base), str(tuned), cfg.get("candidates") or [], out,
-                            suites=list(cfg.get("suites") or ["task", "safety", "over_refusal"]),
-                            tasks=list(cfg.get("tasks") or []), limit=cfg.get("limit"),
-                            select=select or cfg.get("select"))
+            res = run_sweep(str(base), str(tuned), cfg.candidates, out, suites=list(cfg.suites or SweepFile().suites),
+                            tasks=list(cfg.tasks or []), limit=cfg.limit, select=select or cfg.select)
         typer.echo((out / "sweep.md").read_text(encoding="utf-8"))
         typer.echo(f"wrote {out / 'sweep.json'}" + (f"; selected {res['selected']} -> {out / 'selected'}"
                                                      if res["selected"] else ""))

@@ -15,6 +15,15 @@ class TunelensError(Exception):
     exit_code = 2
 
 
+class UnknownMetric(TunelensError):
+    """A gate or a select expression names a metric the ledger does not have; `name` and `valid` let a caller
+    act on it (e.g. say which suite would provide it) without reading the message."""
+
+    def __init__(self, message: str, name: str, valid):
+        super().__init__(message)
+        self.name, self.valid = name, sorted(valid)
+
+
 class DataError(TunelensError):
     """Malformed or unusable data. Built with the file, line and field when they are known."""
 

@@ -20,6 +20,7 @@ from .data import TaskSpec, answer_text, continuations, fewshot_examples, load_i
 from .data.tasks import check_template
 from .errors import TunelensError
 from .io import write_json, write_jsonl
+from .run.config import EvalSettings  # the defaults: `tunelens eval`'s
 from .scoring import generate, loglikelihood
 
 RESULTS_SCHEMA = "tunelens.results/1"
@@ -48,8 +49,8 @@ def evaluate(
     start: int = 0,
     pool: int | None = None,
     template: str | None = None,
-    token_budget: int = 4096,
-    batch_size: int = 16,
+    token_budget: int = EvalSettings.token_budget,
+    batch_size: int = EvalSettings.batch_size,
     n_boot: int = 1000,
     seed: int | None = None,
     progress: bool = True,

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -172,8 +171,10 @@ class Lock:
                                 "another --out") from None
         stale = _read_holder(fd)
         if stale.get("pid") and stale.get("pid") != os.getpid():
-            print(f"tunelens: warning: took over the lock on {self.path.parent} left by pid {stale['pid']} on "
-                  f"{stale.get('host', '?')}, which is no longer running", file=sys.stderr)
+            from .progress import log
+
+            log.warning(f"tunelens: warning: took over the lock on {self.path.parent} left by pid {stale['pid']} "
+                        f"on {stale.get('host', '?')}, which is no longer running")
         me = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
               "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)

@@ -19,6 +19,7 @@ import numpy as np
 from .. import checks as C
 from .. import metrics as M
 from ..registry import registrar
+from ..run.config import AuditSection
 
 SUITES: dict[str, type["Suite"]] = {}
 
@@ -38,7 +39,7 @@ class AuditContext:
     tasks: list = field(default_factory=list)  # TaskSpec objects given with --task
     limit: int | None = None  # the most items drawn from each pool (the pool stays whole: see capped)
     n_boot: int = 1000
-    seed: int = 0
+    seed: int = AuditSection.seed  # (the settings' defaults: `tunelens audit` and a run config's audit section)
     progress: bool = True
     batch_size: int = 64  # generation batch: a decode step at 64 rows yields ~1.5x the tokens/s of 32 on 2 CPU cores
     cache: dict = field(default_factory=dict)  # results shared between suites (e.g. task evals)
@@ -47,10 +48,10 @@ class AuditContext:
     # base_store.BaseStore keeps them on disk for the next audit.
     base_cache: dict = field(default_factory=dict)
     sequential: bool = True  # stop a suite once its headline metrics are decided; False: every item of the pool
-    chunk: int = 32  # items drawn between two looks (and the unit the base model's results are cached in)
+    chunk: int = AuditSection.chunk  # items drawn between two looks (and the unit the base model's results are cached in)
     budget: float | None = None  # seconds for the whole audit (sequential); None: no bound
     margins: dict = field(default_factory=dict)  # equivalence margins: "suite.metric" or "metric" -> margin
-    judge: str = "rules+probe"  # the refusal judge's spec (tunelens.judge): rules, probe, rules+probe, hf:PATH, guard:PATH
+    judge: str = AuditSection.judge  # the refusal judge's spec (tunelens.judge): rules, probe, rules+probe, hf:PATH, guard:PATH
     look: int | None = None  # set by the runner: items drawn so far in the running suite (None: the whole pool)
     quick: bool = False  # set by the runner during looks: entries skip their bootstrap
 

@@ -11,7 +11,7 @@ import ast
 import difflib
 import operator
 
-from ..errors import TunelensError
+from ..errors import TunelensError, UnknownMetric
 
 FIELDS = ("base", "tuned", "delta", "ci_low", "ci_high")
 _CMP = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
@@ -125,9 +125,9 @@ def check(expr: str, values: dict[str, float | None]) -> bool:
         if name is not None:
             if name not in values:
                 hint = difflib.get_close_matches(name, values, n=3)
-                raise TunelensError(f"gate '{expr}': unknown metric '{name}'"
+                raise UnknownMetric(f"gate '{expr}': unknown metric '{name}'"
                                     + (f"; did you mean {', '.join(hint)}?" if hint else "")
-                                    + f" Valid names: {', '.join(sorted(values))}")
+                                    + f" Valid names: {', '.join(sorted(values))}", name, values)
             return values[name]
         raise TunelensError(f"gate '{expr}': only metric names, numbers, arithmetic and comparisons are allowed")
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..run.config import GraftSection as _G  # the defaults: `tunelens graft`'s and a run's graft section
 from ..errors import DataError, TunelensError
 
 __all__ = ["graft", "eligible", "top_mask", "gain_recovered", "save_mask", "load_mask", "sparsity_tag", "SCHEMA"]
@@ -235,10 +236,11 @@ def _selection_score(handle, spec, limit: int):
 # ---------------------------------------------------------------------------------------------------- graft
 
 
-def graft(base, tuned, task, sparsities, steps: int = 20, lr: float = 1e7, examples: int = 256, out=None,
-          save_model: bool = False, seed: int = 0, *, include_embeddings: bool = False, select_limit: int = 64,
-          eval_limit: int | None = None, max_length: int = 512, micro_batch: int = 8, batch_size: int = 16,
-          progress=None) -> dict:
+def graft(base, tuned, task, sparsities, steps: int = _G.steps, lr: float = _G.lr, examples: int = _G.examples,
+          out=None, save_model: bool = False, seed: int = _G.seed, *,
+          include_embeddings: bool = _G.include_embeddings, select_limit: int = _G.select_limit,
+          eval_limit: int | None = _G.eval_limit, max_length: int = 512, micro_batch: int = 8,
+          batch_size: int = _G.batch_size, progress=None) -> dict:
     """Graft the top-s fine-tuned entries (then optimise the mask) for each sparsity s; returns graft.json content.
 
     base: the base model (optional when ``tuned`` is a LoRA adapter naming its base); tuned: full checkpoint or

@@ -14,7 +14,6 @@ import ast
 import json
 import re
 import shutil
-import sys
 import traceback
 from pathlib import Path
 
@@ -22,7 +21,9 @@ from .. import checks as C
 from ..audit import gate as G
 from ..audit.runner import decision_label, failed_suites, headline_rows
 from ..checks import BadSetting
-from ..errors import TunelensError, suggest
+from ..progress import log
+from ..run.config import AuditSection as _AUDIT  # the re-audits' defaults are the audit's
+from ..errors import TunelensError, UnknownMetric, suggest
 from ..io import atomic_open, write_json
 
 SCHEMA = "tunelens.sweep/1"
@@ -40,7 +41,7 @@ TASK_SUITE = "task"
 
 
 def _audit(base_handle, model_spec: str, specs, suites, limit, out: Path, memo: dict, progress: bool,
-           resume: bool = False, judge: str = "rules+probe") -> dict:
+           resume: bool = False, judge: str = _AUDIT.judge) -> dict:
     """Audit one model against the base; ``memo`` is the base model's results shared by every audit of the
     sweep (AuditContext.base_cache), so the base is evaluated and generated for once."""
     from ..audit import AuditContext, check_tokenizers, run_audit
@@ -140,7 +141,8 @@ def check_select(expr: str, values: dict, refs: dict[str, dict]) -> bool:
         table = refs[head] if head in refs and rest else values
         key = rest if head in refs and rest else name
         if key not in table:
-            raise TunelensError(f"select '{expr}': unknown metric '{key}'; valid: {', '.join(sorted(values))}")
+            raise UnknownMetric(f"select '{expr}': unknown metric '{key}'; valid: {', '.join(sorted(values))}",
+                                key, values)
         return table[key]
 
     def ev(node, subject=None):
@@ -213,30 +215,25 @@ def best(rows: list[dict], axes: list[str]) -> dict | None:
 
 # ------------------------------------------------------------------------------------------------ the sweep file
 
-SWEEP_KEYS = ("candidates", "suites", "tasks", "limit", "base", "tuned", "select", "out")
-
-
 def load_sweep_file(path: str | Path) -> dict:
-    """The `tunelens repair --sweep` YAML, every key and value checked before any model loads. An unknown key
-    is an error with the closest valid one (a typo `limt: 2` would otherwise audit every item); a syntax error
-    or a bad value names the file and the key's line. Returns the file's mapping as written."""
+    """The `tunelens repair --sweep` YAML, every key and value checked before any model loads: it loads into
+    run.config.SweepFile (the one definition of its keys, types and defaults), so an unknown key is an error with
+    the closest valid one (a typo `limt: 2` would otherwise audit every item), and a syntax error or a bad value
+    names the file and the key's line. Returns the file's mapping as written (SweepFile(**it) adds defaults)."""
+    from ..run.config import SweepFile
+    from ..settings import load_section
+
     path = Path(path)
     if not path.is_file():
         raise TunelensError(f"no such sweep file: {path}")
     raw = C.read_yaml(path)
     raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise TunelensError(f"{path}: expected a mapping with candidates, suites, tasks, limit")
     where, lines = f"{path}: ", C.key_lines(path)
-    for key in raw:
-        if key not in SWEEP_KEYS:
-            raise TunelensError(f"{C.at_line(where, lines.get(str(key)))}unknown key '{key}'"
-                                + suggest(key, SWEEP_KEYS, f"; valid keys: {', '.join(SWEEP_KEYS)}"))
+    if not isinstance(raw, dict):
+        raise TunelensError(f"{where}expected a mapping with candidates, suites, tasks, limit")
+    sweep = load_section(SweepFile, raw, "", where, lines, line_of_unknown=True)
     try:
-        for key in ("base", "tuned", "out"):
-            C.text(raw.get(key), key, null=True)
-        check_sweep(raw.get("candidates"), suites=raw.get("suites"), tasks=raw.get("tasks"), limit=raw.get("limit"),
-                    select=raw.get("select"))
+        check_sweep(sweep.candidates, suites=sweep.suites, tasks=sweep.tasks, limit=sweep.limit, select=sweep.select)
     except BadSetting as e:
         raise e.located(where, lines) from None
     except TunelensError as e:
@@ -287,12 +284,12 @@ def candidate_name(c: dict, taken: set[str]) -> str:
 
 def _say(progress: bool, msg: str) -> None:
     if progress:
-        print(msg, file=sys.stderr, flush=True)
+        log.info(msg)
 
 
 def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suites: list[str], tasks: list[str],
               limit: int | None = None, select: str | None = None, progress: bool = True,
-              base_cache: bool | str | Path | None = None, resume: bool = False, judge: str = "rules+probe") -> dict:
+              base_cache: bool | str | Path | None = None, resume: bool = False, judge: str = _AUDIT.judge) -> dict:
     """`judge`: the refusal judge of every re-audit (the audit's own, so candidates are read the same way).
     `resume`: `out` holds an earlier attempt of this same sweep in which something failed; candidates that
     succeeded there are reused as they are, failed ones are repaired and re-audited again (their audits and the

@@ -12,6 +12,8 @@ from pathlib import Path
 from .. import checks as C
 from ..checks import BadSetting
 from ..errors import TunelensError, suggest
+from ..judge import DEFAULT as DEFAULT_JUDGE
+from ..settings import load_section, setting
 
 STAGES = ("tune", "audit", "diff", "graft", "repair", "report")
 # tune settings the pipeline owns: where the run goes and how it is resumed and displayed
@@ -20,23 +22,35 @@ _PIPELINE_TUNE_KEYS = ("model", "out", "resume", "overwrite", "progress")
 
 @dataclass
 class AuditSection:
-    suites: list[str] = field(default_factory=lambda: ["task", "safety", "over_refusal", "forgetting"])
-    tasks: list[str] = field(default_factory=list)  # default: the tune's data tasks
-    limit: int | None = None  # the most items drawn from each pool
-    gate: list[str] = field(default_factory=list)  # e.g. "safety.refusal_rate.delta >= -0.05"
-    seed: int = 0
-    # seconds for the whole audit (sequential suites stop drawing when it is spent); `tunelens audit --budget` has
-    # the same default (a test holds them equal)
-    budget: float | None = 300.0
-    full: bool = False  # every item of every pool, no sequential stopping
-    chunk: int = 32  # items between two looks
-    margins: dict = field(default_factory=dict)  # equivalence margins, e.g. {task.accuracy: 0.02}
+    """`tunelens audit`'s settings and a run config's `audit:` section (the CLI options are generated from these
+    fields; AuditContext, the Python API, takes its defaults from them too)."""
+
+    suites: list[str] | None = setting(None, "Comma-separated suites (default: every default suite, `tunelens "
+                                             "suites` lists them).", each="comma", says_default=True)
+    tasks: list[str] = setting(help="Your task(s): spec YAML, data file or built-in (default in a run: the tune's "
+                                    "data tasks).", factory=list, flag="--task")
+    limit: int | None = setting(None, "Draw at most N items of each pool (the sequences stay about the whole pool; "
+                                      "a larger N uses the pool).")
+    gate: list[str] = setting(help="Condition that must hold, e.g. \"safety.refusal_rate.delta >= -0.05\"; "
+                                   "repeatable. A headline delta is judged over its confidence sequence: pass (exit "
+                                   "0) when the condition holds for all of it, fail (exit 3) when for none, else "
+                                   "inconclusive (exit 4).", factory=list)
+    seed: int = setting(0, "Seed of the item order and the bootstrap intervals.")
+    budget: float | None = setting(300.0, "Seconds for the whole audit: suites stop drawing items when their share "
+                                          "runs out, and what is undecided is inconclusive.")
+    full: bool = setting(False, "Run every item of every pool (no sequential stopping).")
+    chunk: int = setting(32, "Items drawn between two looks of a sequential suite.")
+    margins: dict = setting(help="Equivalence margin of a headline metric, METRIC=VALUE (e.g. task.accuracy=0.02, "
+                                 "or refusal_rate=0.1); default 0.05; repeatable.", factory=dict, flag="--margin",
+                            pairs=True)
     # keep the base model's results for the next run (audit and repair re-audits): true = $TUNELENS_HOME/audit-base,
-    # or a folder; off by default, so a run folder depends on nothing outside it
-    base_cache: bool | str | None = None
-    # who judges replies refusal / partial / compliance / degenerate (audit and repair re-audits): rules, probe,
-    # rules+probe, hf:PATH or guard:PATH; `tunelens audit --judge` has the same default
-    judge: str = "rules+probe"
+    # or a folder; off by default in a run config, so a run folder depends on nothing outside it (`tunelens audit`
+    # keeps them by default: its --base-cache / --no-base-cache)
+    base_cache: bool | str | None = setting(None, cli=False)
+    judge: str = setting(DEFAULT_JUDGE, "Who judges replies refusal / partial / compliance / degenerate: rules, "
+                                        "probe, rules+probe (rules for degenerate text, a learned probe for the "
+                                        "rest), hf:PATH (a local sequence classifier) or guard:PATH (a local guard "
+                                        "LM). `tunelens judge --evaluate` measures one.")
 
     def __post_init__(self):
         from ..audit.base_store import store_dir
@@ -47,7 +61,7 @@ class AuditSection:
         except C.TunelensError as e:
             raise C.BadSetting("judge", str(e)) from None
 
-        self.suites = C.strings(self.suites, "suites", example="suites: [task, safety]")
+        self.suites = C.strings(self.suites, "suites", null=True, example="suites: [task, safety]")
         self.tasks = C.strings(self.tasks, "tasks", example="tasks: [tasks/mine.yaml]")
         C.integer(self.limit, "limit", 1, null=True)
         self.gate = C.strings(self.gate, "gate", example='gate: ["safety.refusal_rate.delta >= -0.05"]')
@@ -62,11 +76,42 @@ class AuditSection:
             C.number(v, f"margins.{k}", above=0)
         store_dir(self.base_cache)  # raises on a value that is neither a flag nor a folder
 
+    def suite_names(self) -> list[str]:
+        """The suites named, or (none named) every default suite in the order an audit runs them."""
+        if self.suites is not None:
+            return list(self.suites)
+        from ..audit.core import default_suites
+
+        return list(default_suites())
+
+
+@dataclass
+class EvalSettings:
+    """`tunelens eval`'s settings (evaluate() takes its defaults from them)."""
+
+    split: str | None = setting(None, "Split to evaluate (default: the spec's eval_split).", says_default=True)
+    limit: int | None = setting(None, "Evaluate N items: the first N of the split's stratified, seeded order "
+                                      "(every label in proportion), not the file's first rows.")
+    fewshot: int | None = setting(None, "Override the spec's few-shot k.")
+    token_budget: int = setting(4096, "Max padded tokens per log-likelihood batch.")
+    batch_size: int = setting(16, "Batch size for generation.")
+    seed: int = setting(0, "Seed for few-shot sampling and bootstrap intervals.")
+
+    def __post_init__(self):
+        C.text(self.split, "split", null=True)
+        C.integer(self.limit, "limit", 1, null=True)
+        C.integer(self.fewshot, "fewshot", 0, null=True)
+        C.integer(self.batch_size, "batch_size", 1)
+        C.integer(self.token_budget, "token_budget", 64)  # below a prompt's length every batch holds one item: slow
+        C.integer(self.seed, "seed", 0)
+
 
 @dataclass
 class DiffSection:
-    rank: bool = True
-    rank_max_dim: int | None = None
+    """`tunelens diff`'s settings and a run config's `diff:` section."""
+
+    rank: bool = setting(True, "Singular values of every 2-D update (numerical rank, energy ranks); the slow part.")
+    rank_max_dim: int | None = setting(None, "Skip the rank of matrices whose smaller side exceeds this.")
 
     def __post_init__(self):
         C.flag(self.rank, "rank")
@@ -75,16 +120,21 @@ class DiffSection:
 
 @dataclass
 class GraftSection:
-    task: str | None = None  # default: the first audit task
-    sparsities: list[float] = field(default_factory=lambda: [1e-3])
-    steps: int = 10
-    lr: float = 1e7
-    examples: int = 64
-    batch_size: int = 16
-    select_limit: int = 32
-    eval_limit: int | None = 64
-    include_embeddings: bool = False
-    seed: int = 0
+    """`tunelens graft`'s settings, a run config's `graft:` section and diff.graft.graft()'s defaults."""
+
+    task: str | None = setting(None, "Task spec (YAML), data file or built-in task name (in a run: default the "
+                                     "first audit task).", cli=False)
+    sparsities: list[float] = setting(help="Comma-separated fractions of the eligible entries to graft.",
+                                      factory=lambda: [1e-4, 1e-3, 1e-2], flag="--sparsity", short="-s", each="comma")
+    steps: int = setting(20, "Mask optimisation steps (0: top-|Δ| mask only).")
+    lr: float = setting(1e7, "Step size on the mask logits S (σ'(S-10) ≈ 4.5e-5).")
+    examples: int = setting(256, "Train examples in the pool the loss is computed on.")
+    batch_size: int = setting(16, "Examples per step, drawn from the pool (the whole pool when it is smaller).")
+    select_limit: int = setting(64, "Items of train and of validation scoring the rounded mask after each step.")
+    eval_limit: int | None = setting(None, "Items of the eval split for the reported scores (default: all).",
+                                     flag="--limit", says_default=True)
+    include_embeddings: bool = setting(False, "Let the mask include the embedding matrices.")
+    seed: int = setting(0, "Seed of S and of the example batch.")
 
     def __post_init__(self):
         C.text(self.task, "task", null=True)
@@ -104,12 +154,15 @@ class GraftSection:
 
 @dataclass
 class RepairSection:
-    # each: {method: NAME, name: optional label, ...method options} (options also accepted under `options:`)
-    candidates: list[dict] = field(default_factory=list)
-    suites: list[str] | None = None  # re-audit suites; default: the audit's
-    tasks: list[str] | None = None  # default: the audit's
-    limit: int | None = None  # default: the audit's
-    select: str | None = None  # e.g. "task.accuracy >= 0.9*tuned"
+    """A run config's `repair:` section (the re-audit settings default to the audit's)."""
+
+    candidates: list[dict] = setting(help="Each {method: NAME, name: optional label, ...method options} (options "
+                                          "also accepted under `options:`).", factory=list, cli=False)
+    suites: list[str] | None = setting(None, "Re-audit suites (default: the audit's).", says_default=True)
+    tasks: list[str] | None = setting(None, "Re-audit tasks (default: the audit's).", says_default=True)
+    limit: int | None = setting(None, "Items per re-audit pool (default: the audit's).", says_default=True)
+    select: str | None = setting(None, "Constraints the pick must meet, e.g. \"task.accuracy >= 0.9*tuned\" "
+                                       "(base/tuned: the reference rows' value of that metric).")
 
     def __post_init__(self):
         C.mappings(self.candidates, "candidates", example="[{method: interpolate, alpha: 0.5}]")
@@ -120,6 +173,23 @@ class RepairSection:
             from ..repair.sweep import validate_select
 
             validate_select(self.select)
+
+
+@dataclass
+class SweepFile(RepairSection):
+    """The `tunelens repair --sweep FILE` YAML: a repair section that also names the two models and its folder
+    (the command line's --base, --tuned, --out win)."""
+
+    suites: list[str] | None = setting(factory=lambda: ["task", "safety", "over_refusal"],
+                                       help="Suites each candidate is re-audited on.")
+    base: str | None = setting(None, "The model before fine-tuning.")
+    tuned: str | None = setting(None, "The fine-tuned model.")
+    out: str | None = setting(None, "The sweep folder (default out/repair-sweep).")
+
+    def __post_init__(self):
+        super().__post_init__()
+        for key in ("base", "tuned", "out"):
+            C.text(getattr(self, key), key, null=True)
 
 
 @dataclass
@@ -165,23 +235,6 @@ class RunConfig:
 def _unknown(key, valid, where: str) -> TunelensError:
     return TunelensError(f"{where}unknown key '{key}'" + suggest(key, valid, f"; valid keys: {', '.join(valid)}",
                                                                  cutoff=0.5))
-
-
-def _section(cls, raw, name: str, where: str, lines: dict):
-    if raw is None:
-        return cls()
-    if not isinstance(raw, dict):
-        raise TunelensError(f"{where}section '{name}' must be a mapping of settings")
-    valid = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in valid:
-            raise _unknown(f"{name}.{key}", [f"{name}.{v}" for v in valid], where)
-    try:
-        return cls(**raw)
-    except BadSetting as e:
-        raise e.located(where, lines, name) from None
-    except (TypeError, TunelensError) as e:
-        raise TunelensError(f"{where}section '{name}': {e}") from None
 
 
 def _stages(raw, where: str) -> list[str]:
@@ -276,7 +329,7 @@ def parse_config(raw: dict, where: str = "", lines: dict | None = None) -> RunCo
         model=str(raw.get("model") or "default"),
         tuned=None if raw.get("tuned") is None else str(raw["tuned"]),
         stages=_stages(raw.get("stages", list(STAGES)), where),
-        **{name: _section(cls, raw.get(name), name, where, lines) for name, cls in SECTIONS.items()},
+        **{name: load_section(cls, raw.get(name), name, where, lines) for name, cls in SECTIONS.items()},
     )
     if "tune" in cfg.stages:
         if cfg.tuned:
@@ -291,7 +344,7 @@ def parse_config(raw: dict, where: str = "", lines: dict | None = None) -> RunCo
     if "repair" in cfg.stages and not cfg.repair.candidates:
         raise TunelensError(f"{where}the repair stage needs 'repair.candidates' (e.g. - {{method: interpolate, "
                             "alpha: 0.5}), or disable it (stages: {repair: false})")
-    if "audit" in cfg.stages and not cfg.audit.suites:
+    if "audit" in cfg.stages and cfg.audit.suites == []:
         raise TunelensError(f"{where}'audit.suites' is empty")
     return cfg
 

@@ -171,7 +171,7 @@ def _preflight(cfg: RunConfig) -> None:
     from ..audit import SUITES
     from ..audit import gate as G
 
-    for suite in list(cfg.audit.suites) + list(cfg.repair.suites or []):
+    for suite in cfg.audit.suite_names() + list(cfg.repair.suites or []):
         if suite not in SUITES:
             from ..errors import suggest
 
@@ -315,7 +315,7 @@ def _poller(run: Run, stage: str, folder: Path):
     def count(pattern: str, total: int):
         return lambda: (len(list(folder.glob(pattern))), total)
 
-    return {"tune": tune, "audit": count("items/*.jsonl", len(cfg.audit.suites)),
+    return {"tune": tune, "audit": count("items/*.jsonl", len(cfg.audit.suite_names())),
             "graft": count("mask-s*.safetensors", len(cfg.graft.sparsities)),
             "repair": lambda: (len(list(folder.glob("candidates/*/audit/ledger.json")))  # and the tuned, audited first
                                + (folder / "tuned" / "audit" / "ledger.json").is_file(),

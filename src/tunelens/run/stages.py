@@ -102,7 +102,7 @@ def graft_stage(ctx: StageContext) -> dict:
 def repair_settings(cfg: RunConfig) -> dict:
     """The re-audit settings, the audit's where the repair section leaves them unset."""
     r = cfg.repair
-    return {"suites": list(r.suites or cfg.audit.suites), "tasks": list(r.tasks or cfg.audit_tasks()),
+    return {"suites": list(r.suites or cfg.audit.suite_names()), "tasks": list(r.tasks or cfg.audit_tasks()),
             "limit": r.limit if r.limit is not None else cfg.audit.limit, "select": r.select}
 
 

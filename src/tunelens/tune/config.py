@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import checks as C
 from ..checks import BadSetting
 from ..errors import TunelensError, suggest
+from ..settings import setting
 
 from .methods import TUNING_METHODS
 
@@ -19,43 +20,47 @@ DEFAULT_LR = {name: cls.default_lr for name, cls in TUNING_METHODS.items()}
 
 @dataclass
 class TuneConfig:
-    model: str = "default"
-    data: list[str] = field(default_factory=list)  # task specs; with several, weights come from `mix`
-    mix: list[str] = field(default_factory=list)  # "task:weight" entries (cocktail mixture)
-    replay: float = 0.0  # fraction of the final set drawn from the built-in general-instruction replay set
-    safety_mix: float = 0.0  # fraction drawn from the built-in safety set (SafeInstruct), e.g. 0.03
-    split: str = "train"
-    out: str = "out/tune"
-    method: str = "lora"
-    # LoRA
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: list[str] | str = "all-linear"
-    # prompt tuning
-    num_virtual_tokens: int = 20
-    # optimisation
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 8
-    grad_accum: int = 1
-    learning_rate: float | None = None  # None: DEFAULT_LR[method]
-    weight_decay: float = 0.0
-    optim: str = "adamw_torch"  # any transformers optimizer name, e.g. sgd, adafactor, adamw_torch_fused
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "linear"
-    max_length: int = 512
-    max_examples: int | None = None  # cap on the training set after mixing (for quick runs)
-    packing: bool = False  # padding-free packing: for GPUs with flash attention; slower on CPU
-    seed: int = 0
-    # bookkeeping
-    save_steps: int = 50
-    save_total_limit: int = 2
-    logging_steps: int = 1
-    report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"], ["wandb"]
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
+    """Every tuning setting: `tunelens tune`'s options, a tune YAML's keys and a run config's `tune:` section."""
+
+    model: str = setting("default", "Model to tune: an HF folder, a hub id, or default (the embedded "
+                         "model, the default).", short="-m", says_default=True)
+    data: list[str] = setting(help="Task spec, data file or built-in task; repeat for several (all items used).",
+                              factory=list, short="-d")
+    mix: list[str] = setting(help="TASK:WEIGHT, repeatable: sample tasks to these weights (a multi-task cocktail).",
+                             factory=list)
+    replay: float = setting(0.0, "Fraction of general-instruction replay examples (0-1).")
+    safety_mix: float = setting(0.0, "Fraction of built-in safety refusals blended in (SafeInstruct), e.g. 0.03.")
+    split: str = setting("train", "Split of the task data to train on.")
+    out: str = setting("out/tune", "Run folder.", short="-o")
+    method: str = setting("lora", " | ".join(m + (" (default)" if m == "lora" else "") for m in METHODS)
+                         + " (tune/methods/).", says_default=True)
+    lora_r: int = setting(16, "LoRA rank.")
+    lora_alpha: int = setting(32, "LoRA alpha (the update is scaled by alpha / r).")
+    lora_dropout: float = setting(0.05, "LoRA dropout.")
+    target_modules: list[str] | str = setting("all-linear", "LoRA/IA3 target modules: all-linear or a list of names.",
+                                              cli=False)
+    num_virtual_tokens: int = setting(20, "Prompt tuning: virtual tokens.")
+    epochs: float = setting(1.0, "Epochs over the training set.")
+    max_steps: int = setting(-1, "Stop after this many optimizer steps (-1: train by epochs).")
+    batch_size: int = setting(8, "Examples per device per step.")
+    grad_accum: int = setting(1, "Gradient accumulation steps.")
+    learning_rate: float | None = setting(None, "Learning rate; default by method: " + ", ".join(
+        f"{v:g} {k}" for k, v in DEFAULT_LR.items()) + ".", flag="--lr")  # None: the method's default_lr
+    weight_decay: float = setting(0.0, "Weight decay.")
+    optim: str = setting("adamw_torch", "Optimizer, any transformers name (sgd, adafactor, adamw_torch_fused, ...).")
+    warmup_ratio: float = setting(0.03, "Share of the steps spent warming the learning rate up.")
+    lr_scheduler: str = setting("linear", "Learning-rate schedule, any transformers name (linear, cosine, ...).")
+    max_length: int = setting(512, "Longest example in tokens; longer ones are truncated and counted.")
+    max_examples: int | None = setting(None, "Cap the training set after mixing (quick runs).")
+    packing: bool = setting(False, "Padding-free packing (GPU + flash attention only; slower on CPU).")
+    seed: int = setting(0, "Seed for sampling, shuffling and initialisation.")
+    save_steps: int = setting(50, "Checkpoint every N steps.")
+    save_total_limit: int = setting(2, "Checkpoints kept.")
+    logging_steps: int = setting(1, "Log every N steps to train_log.jsonl.")
+    report_to: list[str] = setting(help="Also log to these trackers, e.g. tensorboard, wandb.", factory=list)
+    resume: bool = setting(False, "Continue from the last checkpoint in --out.")
+    overwrite: bool = setting(False, "Replace a different run already in --out.")
+    progress: bool = setting(True, "Show a progress bar.")
 
     def __post_init__(self):
         self._check_values()
@@ -111,6 +116,30 @@ class TuneConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class CurveSettings:
+    """`tunelens curve`'s own settings (its tuning settings are TuneConfig's); learning_curve() takes its
+    defaults from them."""
+
+    fractions: list[float] = setting(help="Comma-separated fractions of the training set.",
+                                     factory=lambda: [0.1, 0.25, 0.5, 1.0], each="comma")
+    eval_task: str | None = setting(None, "Task to score (default: the first --data).", says_default=True)
+    metric: str = setting("accuracy", "Metric to fit.")
+    target: float | None = setting(None, "Report the examples needed to reach this score.")
+    split: str = setting("validation", "Split each run is scored on.")
+
+    def __post_init__(self):
+        if not isinstance(self.fractions, list) or not self.fractions:
+            raise BadSetting("fractions", f"fractions must be a non-empty list of numbers in (0, 1], got "
+                                          f"{C.got(self.fractions)}")
+        for x in self.fractions:
+            C.number(x, "fractions", above=0, at_most=1)
+        C.text(self.eval_task, "eval_task", null=True)
+        C.text(self.metric, "metric")
+        C.number(self.target, "target", null=True)
+        C.text(self.split, "split")
 
 
 KEYS = tuple(f.name for f in dataclasses.fields(TuneConfig))

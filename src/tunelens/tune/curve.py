@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import TunelensError
 from ..io import write_json
+from .config import CurveSettings as _C  # the defaults: `tunelens curve`'s
 
 
 def _power(n, a, b, c):
@@ -82,8 +83,8 @@ def _plain(params: dict) -> dict:
     return {k: v if isinstance(v, str) else float(v) for k, v in params.items()}
 
 
-def learning_curve(cfg, fractions: list[float], eval_task: str | None = None, metric: str = "accuracy",
-                   target: float | None = None, split: str = "validation") -> dict:
+def learning_curve(cfg, fractions: list[float], eval_task: str | None = _C.eval_task, metric: str = _C.metric,
+                   target: float | None = _C.target, split: str = _C.split) -> dict:
     """Tune on each fraction of the training set (nested), evaluate on `split`, fit and predict."""
     from ..data import load_task
     from ..evaluate import evaluate

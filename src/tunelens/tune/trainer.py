@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from .. import __version__
 from ..errors import TunelensError
 from ..io import write_json
 from ..outdir import claim, put_back, set_aside
+from ..progress import log
 from .config import TuneConfig
 from .examples import IGNORE, build_examples, data_files, parse_mix
 
@@ -119,7 +119,7 @@ def last_checkpoint(out: Path, check: bool = False) -> Path | None:
         problem = checkpoint_problem(ckpt)
         if problem is None:
             if damaged:
-                print(f"tunelens: warning: {'; '.join(damaged)}; resuming from {ckpt.name} instead", file=sys.stderr)
+                log.warning(f"tunelens: warning: {'; '.join(damaged)}; resuming from {ckpt.name} instead")
             return ckpt
         damaged.append(f"{ckpt} is damaged ({problem})")
     if damaged:
@@ -257,7 +257,7 @@ def tune(cfg: TuneConfig) -> Path:
         except BaseException:
             if aside is not None:
                 put_back(out, aside, everything=True)
-                print(f"tunelens: the new run failed; the earlier run in {out} is restored", file=sys.stderr)
+                log.warning(f"tunelens: the new run failed; the earlier run in {out} is restored")
             raise
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
@@ -277,8 +277,8 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
     tok = handle.tokenizer
     rows, stats = build_examples(cfg, tok)
     if stats.truncated:
-        print(f"tunelens: {stats.truncated} of {len(rows)} examples were longer than max_length={cfg.max_length} "
-              "and were truncated (prompt cut from the left)")
+        log.warning(f"tunelens: {stats.truncated} of {len(rows)} examples were longer than max_length={cfg.max_length} "
+                    "and were truncated (prompt cut from the left)")
     model = handle.model
     model.config.use_cache = False
     peft_cfg = _peft_config(cfg)
