@@ -659,19 +659,29 @@ def adapter_base_spec(raw: str, folder: Path) -> str:
     return raw
 
 
+def adapter_config(folder: Path) -> dict:
+    """An adapter folder's adapter_config.json (what every reader of an adapter starts from)."""
+    try:
+        return json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{folder / 'adapter_config.json'}: unreadable: {_one_line(e)}") from None
+
+
+def named_base(folder: Path, cfg: dict) -> str | None:
+    """The base model an adapter's config names (base_model_name_or_path, see ``adapter_base_spec``), or None."""
+    raw = cfg.get("base_model_name_or_path")
+    return adapter_base_spec(str(raw).strip(), folder) if raw else None
+
+
 def _load_adapter(spec, folder: Path, opts: _Opts, *, base, tokenizer, merge: bool, depth: int, want_tok: bool):
     if depth >= _MAX_ADAPTER_DEPTH:
         raise ModelError(f"adapter {folder}: its chain of base models is too deep (an adapter naming itself?)")
-    try:
-        cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{folder / 'adapter_config.json'}: unreadable: {_one_line(e)}") from None
-    base_spec = base if base is not None else cfg.get("base_model_name_or_path")
-    if not base_spec:
+    cfg = adapter_config(folder)
+    base_spec = str(base).strip() if base is not None else named_base(folder, cfg)
+    if base_spec is None or (base is not None and not base):
         raise ModelError(
             f"adapter {folder} does not name its base model (base_model_name_or_path); pass the base model (--base)"
         )
-    base_spec = str(base_spec).strip() if base is not None else adapter_base_spec(str(base_spec).strip(), folder)
     _check_weights(folder, opts.allow_pickle, stem="adapter_model")
 
     own_tok = want_tok and not tokenizer and _has_tokenizer(folder)
