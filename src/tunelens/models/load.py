@@ -85,6 +85,14 @@ def _check_weights(folder: Path, allow_pickle: bool, *, stem: str | None = None)
     raise ModelError(f"{folder} holds no weights (expected {expected})")
 
 
+def _ready(model, opts: _Opts, folder: Path):
+    """How every load ends: on the asked device, in eval mode, its weights checked finite."""
+    model.to(opts.device)
+    model.eval()
+    _check_finite(model, str(folder))
+    return model
+
+
 def _check_finite(model, where: str) -> None:
     with torch.no_grad():
         for name, t in _named_tensors(model):
@@ -131,10 +139,7 @@ def _load_folder(folder: Path, opts: _Opts, *, tokenizer, want_tok: bool):
         raise
     except Exception as e:
         raise ModelError(f"cannot load model from {folder}: {_one_line(e)}") from None
-    model.to(opts.device)
-    model.eval()
-    _check_finite(model, str(folder))
-    return model, tok
+    return _ready(model, opts, folder), tok
 
 
 def _load_tokenizer_folder(folder: Path, opts: _Opts, *, model_folder: bool = False):
@@ -187,7 +192,4 @@ def _apply_adapter(base_model, folder: Path, cfg: dict, base_spec: str, opts: _O
         raise
     except Exception as e:
         raise ModelError(f"cannot apply adapter {folder} to base model '{base_spec}': {_one_line(e)}") from None
-    model.to(opts.device)
-    model.eval()
-    _check_finite(model, str(folder))
-    return model
+    return _ready(model, opts, folder)
