@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from tunelens.cli import app
 from tunelens.diff import diff_models
 from tunelens.diff import stats as S
-from tunelens.diff import stream
+from tunelens.weights import checkpoint
 from tunelens.errors import ModelError, TunelensError
 
 from conftest import make_tiny_llama, make_tiny_tokenizer
@@ -135,7 +135,7 @@ def test_sharded_checkpoint_same_result(pair):
 def test_small_slabs_chunks_and_two_workers_same_result(pair, monkeypatch):
     a = _rows(diff_models(str(pair / "base"), str(pair / "tuned"), workers=1))
     monkeypatch.setattr(S, "CHUNK", 37)
-    monkeypatch.setattr(stream, "SLAB_ELEMS", 200)
+    monkeypatch.setattr(checkpoint, "SLAB_ELEMS", 200)
     b = _rows(diff_models(str(pair / "base"), str(pair / "tuned"), workers=2))
     for name, ra in a.items():
         for k, v in ra.items():

@@ -346,7 +346,7 @@ def test_output_folder_checks(tiny_model_dir, tuned_a, tmp_path):
 def test_multi_shard_merge_streams_tensor_by_tensor(tiny_model_dir, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    import tunelens.diff.stream as stream
+    import tunelens.weights.checkpoint as stream
     import tunelens.repair.stream_merge as sm
 
     base_dir, tuned_dir = tmp_path / "base", tmp_path / "tuned"

@@ -8,10 +8,8 @@ for what each statistic means.
 
 from __future__ import annotations
 
-import re
 import time
 from contextlib import closing
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -20,61 +18,14 @@ import torch
 
 from .. import __version__
 from ..errors import ModelError, TunelensError
-from ..models import resolve_path
-from .lora import FactorDelta, LoraAdapter
+from ..weights import Checkpoint, Weights, check_fits, open_base, open_weights, same_model
 from .stats import ENERGY_LEVELS, TOL_ABS, TOL_REL, DeltaAccumulator, Workspace, aggregate, dense_spectrum, \
     finish_row, spectrum_stats
-from .stream import Checkpoint, prefetch
+from .stream import prefetch
 
 __all__ = ["diff_models", "SCHEMA"]
 
 SCHEMA = "tunelens.diff/1"
-# tensors that may legitimately exist in one checkpoint only: untied/tied output heads, non-persistent buffers
-_OPTIONAL = re.compile(r"(^|\.)(lm_head|embed_out|output)\.weight$|rotary_emb\.inv_freq$|\.attn\.(masked_)?bias$")
-
-
-@dataclass
-class Side:
-    """One fine-tune being compared with the base: a full checkpoint or a LoRA adapter."""
-
-    role: str  # "tuned" | "other"
-    spec: str
-    kind: str
-    path: Path
-    ckpt: Checkpoint | None = None
-    lora: LoraAdapter | None = None
-
-    def describe(self) -> dict:
-        return {"spec": self.spec, "kind": self.kind, "path": str(self.path)}
-
-    def factor(self, name: str) -> FactorDelta | None:
-        mod = self.lora.modules.get(name) if self.lora else None
-        return FactorDelta(*self.lora.factors(mod)) if mod else None
-
-    def rows(self, name: str, r0: int, r1: int, fac: FactorDelta | None):
-        """('t', tuned rows) | ('d', Δ rows) | (None, None) when this side leaves the tensor unchanged."""
-        if self.ckpt is not None:
-            return "t", self.ckpt.read(name, r0, r1, touch=True)
-        stored = self.lora.replaced.get(name) or self.lora.base_layers.get(name)
-        if stored is None:
-            return ("d", fac.rows(r0, r1)) if fac is not None else (None, None)
-        t = self.lora.ckpt.read(stored, r0, r1, touch=True)
-        return "t", (t.float() + fac.rows(r0, r1)) if fac is not None else t
-
-    def exact_factors(self, name: str) -> bool:
-        """The update of ``name`` is exactly scale·B·A (no weight stored in the adapter replaces the base one)."""
-        return self.lora is not None and name in self.lora.modules and name not in self.lora.base_layers
-
-    def stored_dtype(self, name: str) -> str | None:
-        """dtype of the tuned tensor as stored (None when it is computed here, in fp32, or unchanged)."""
-        if self.ckpt is not None:
-            return self.ckpt.tensors[name].dtype
-        key = self.lora.replaced.get(name) or (self.lora.base_layers.get(name) if name not in self.lora.modules
-                                               else None)
-        return self.lora.ckpt.tensors[key].dtype if key else None
-
-    def reads(self, name: str) -> bool:
-        return self.ckpt is not None or name in self.lora.replaced or name in self.lora.base_layers
 
 
 def diff_models(base: str | None = None, tuned: str | None = None, other: str | None = None, out=None,
@@ -94,12 +45,9 @@ def diff_models(base: str | None = None, tuned: str | None = None, other: str | 
     t0 = time.perf_counter()
     workers = max(1, workers or torch.get_num_threads())
     notes: list[str] = []
-    sides = [open_side(tuned, "tuned")] + ([open_side(other, "other")] if other is not None else [])
-    base_spec = _base_spec(base, sides, notes)
-    base_kind, base_path = resolve_path(base_spec)
-    if base_kind == "peft_adapter":
-        raise ModelError(f"the base model must be a full checkpoint, not an adapter ({base_path})")
-    base_ckpt = Checkpoint(base_path)
+    sides = [open_weights(tuned, "tuned")] + ([open_weights(other, "other")] if other is not None else [])
+    base_w = open_base(_base_spec(base, sides, notes))
+    base_ckpt = base_w.ckpt
     names = _plan(base_ckpt, sides, notes)
 
     rows, bytes_read = _stream(base_ckpt, names, sides, rank, rank_max_dim, progress, notes, workers)
@@ -122,7 +70,7 @@ def diff_models(base: str | None = None, tuned: str | None = None, other: str | 
         "schema": SCHEMA,
         "tunelens_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "base": {"spec": str(base_spec), "kind": base_kind, "path": str(base_path)},
+        "base": base_w.describe(),
         "tuned": sides[0].describe(),
         "other": sides[1].describe() if len(sides) > 1 else None,
         "options": {"rank": rank, "rank_max_dim": rank_max_dim, "tol_abs": TOL_ABS, "tol_rel": TOL_REL,
@@ -143,32 +91,8 @@ def diff_models(base: str | None = None, tuned: str | None = None, other: str | 
 # ---------------------------------------------------------------------------------------------------- setup
 
 
-def open_side(spec, role: str) -> Side:
-    kind, path = resolve_path(spec)
-    side = Side(role, str(spec), kind, path)
-    if kind == "peft_adapter":
-        side.lora = LoraAdapter(path)
-    else:
-        side.ckpt = Checkpoint(path)
-    return side
-
-
-def adapter_base(side: Side) -> str | None:
-    from ..models import adapter_base_spec
-
-    raw = side.lora.base_spec if side.lora else None
-    return adapter_base_spec(str(raw).strip(), side.path) if raw else None
-
-
-def same_model(a: str, b: str) -> bool:
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    if pa.exists() and pb.exists():
-        return pa.resolve() == pb.resolve()
-    return a.strip() == b.strip()
-
-
-def _base_spec(base, sides: list[Side], notes: list[str]) -> str:
-    named = [(s, adapter_base(s)) for s in sides if s.lora is not None]
+def _base_spec(base, sides: list[Weights], notes: list[str]) -> str:
+    named = [(s, s.base_spec) for s in sides if s.lora is not None]
     if base is None:
         found = [b for _, b in named if b]
         if not found:
@@ -182,83 +106,23 @@ def _base_spec(base, sides: list[Side], notes: list[str]) -> str:
     return str(base)
 
 
-def _show(names: list[str], k: int = 3) -> str:
-    return ", ".join(sorted(names)[:k]) + (", ..." if len(names) > k else "")
-
-
-def _plan(base: Checkpoint, sides: list[Side], notes: list[str]) -> list[str]:
+def _plan(base: Checkpoint, sides: list[Weights], notes: list[str]) -> list[str]:
     """The base tensors to compare, after checking every side fits the base architecture."""
     names = [n for n, info in base.tensors.items() if info.torch_dtype is not None]
     skipped = len(base.tensors) - len(names)
     if skipped:
         notes.append(f"{skipped} non-floating tensor(s) of the base skipped")
     for side in sides:
+        check_fits(base, side, notes)
         if side.ckpt is not None:
-            check_full(base, side, notes)
             names = [n for n in names if n in side.ckpt]
-        else:
-            check_lora(base, side)
     return names
-
-
-def check_full(base: Checkpoint, side: Side, notes: list[str]) -> None:
-    bn, tn = set(base.tensors), set(side.ckpt.tensors)
-    only_b, only_t = sorted(bn - tn), sorted(tn - bn)
-    bad_b = [n for n in only_b if not _OPTIONAL.search(n)]
-    bad_t = [n for n in only_t if not _OPTIONAL.search(n)]
-    if bad_b or bad_t:
-        parts = []
-        if bad_b:
-            parts.append(f"{len(bad_b)} tensor(s) only in base ({_show(bad_b)})")
-        if bad_t:
-            parts.append(f"{len(bad_t)} only in {side.role} ({_show(bad_t)})")
-        raise TunelensError(f"base and {side.role} have different architectures: " + "; ".join(parts))
-    for n in only_b:
-        notes.append(f"'{n}' is only in base (tied or non-persistent in {side.role}): skipped")
-    for n in only_t:
-        notes.append(f"'{n}' is only in {side.role} (tied or non-persistent in base): skipped")
-    for n in sorted(bn & tn):
-        sb, st = base.tensors[n].shape, side.ckpt.tensors[n].shape
-        if sb != st:
-            raise TunelensError(f"base and {side.role} have different architectures: tensor '{n}' has shape "
-                                f"{_fmt(sb)} in base and {_fmt(st)} in {side.role}")
-
-
-def check_lora(base: Checkpoint, side: Side) -> None:
-    ad = side.lora
-    for name, mod in ad.modules.items():
-        if name not in base:
-            raise TunelensError(f"adapter {ad.folder} does not fit the base: it changes '{mod.module}', which the "
-                                f"base has no weight for ({name})")
-        a, b = ad.ckpt.tensors[mod.a_key].shape, ad.ckpt.tensors[mod.b_key].shape
-        if len(a) != 2 or len(b) != 2:
-            raise TunelensError(f"adapter {ad.folder}: LoRA factors of '{mod.module}' are not matrices "
-                                f"(conv layers are not supported)")
-        shape = (a[1], b[0]) if mod.transposed else (b[0], a[1])
-        if tuple(base.tensors[name].shape) != shape:
-            raise TunelensError(f"adapter {ad.folder} does not fit the base (different architectures): "
-                                f"'{mod.module}' is {_fmt(base.tensors[name].shape)} in the base, the adapter "
-                                f"makes a {_fmt(shape)} update")
-    for name, key in ad.replaced.items():
-        if name not in base or base.tensors[name].shape != ad.ckpt.tensors[key].shape:
-            raise TunelensError(f"adapter {ad.folder} does not fit the base (different architectures): it "
-                                f"replaces '{name}', which the base lacks or shapes differently")
-    for name, key in ad.base_layers.items():
-        if name not in base or base.tensors[name].shape != ad.ckpt.tensors[key].shape:
-            raise TunelensError(f"adapter {ad.folder} does not fit the base (different architectures): its saved "
-                                f"'{name}' is {_fmt(ad.ckpt.tensors[key].shape)}, the base's "
-                                f"{_fmt(base.tensors[name].shape) if name in base else 'missing'} (resized "
-                                f"vocabulary?)")
-
-
-def _fmt(shape) -> str:
-    return "x".join(str(s) for s in shape) or "scalar"
 
 
 # ---------------------------------------------------------------------------------------------------- stream
 
 
-def _reads(base: Checkpoint, names: list[str], sides: list[Side]):
+def _reads(base: Checkpoint, names: list[str], sides: list[Weights]):
     """Runs in the reader thread: every slab of every compared tensor, base and each side together."""
     for name in names:
         facs = [s.factor(name) for s in sides]

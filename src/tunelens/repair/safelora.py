@@ -15,64 +15,15 @@ from pathlib import Path
 
 import torch
 
-from ..diff.lora import LoraAdapter
-from ..diff.stream import Checkpoint
 from ..errors import ModelError, TunelensError
 from ..io import atomic_open, write_json
+from ..weights import LoraAdapter, Weights, open_base, open_weights
 from .core import Repair, RepairResult, register
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-# ------------------------------------------------------------------------------------------------ weight sources
-
-
-class WeightSource:
-    """A model's weights by name, read one tensor at a time: a model folder, or a LoRA adapter on its base
-    (W = W_base + scale·B·A for the modules it adapts)."""
-
-    def __init__(self, spec: str):
-        from ..models import resolve_path
-
-        self.spec = str(spec)
-        kind, folder = resolve_path(self.spec)
-        self.adapter = LoraAdapter(folder) if kind == "peft_adapter" else None
-        if self.adapter:
-            if not self.adapter.base_spec:
-                raise ModelError(f"adapter {folder} does not name its base model (base_model_name_or_path)")
-            self.base = WeightSource(_adapter_base(self.adapter))
-            self.config = self.base.config
-        else:
-            self.ckpt = Checkpoint(folder)
-            cfg_file = folder / "config.json"
-            self.config = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
-
-    def shape(self, name: str) -> tuple[int, ...] | None:
-        if self.adapter:
-            return self.base.shape(name)
-        info = self.ckpt.tensors.get(name)
-        return info.shape if info else None
-
-    def weight(self, name: str) -> torch.Tensor:
-        if self.adapter:
-            if name in self.adapter.replaced:
-                return self.adapter.ckpt.read(self.adapter.replaced[name]).double()
-            w = self.base.weight(name)
-            mod = self.adapter.modules.get(name)
-            if mod is not None:
-                left, right, scale = self.adapter.factors(mod)
-                w = w + scale * (left.double() @ right.double())
-            return w
-        return self.ckpt.read(name).double()
-
-
-def _adapter_base(adapter: LoraAdapter) -> str:
-    from ..models import adapter_base_spec
-
-    return adapter_base_spec(str(adapter.base_spec).strip(), adapter.folder)
-
-
-def check_same_architecture(u: WeightSource, a: WeightSource) -> None:
+def check_same_architecture(u: Weights, a: Weights) -> None:
     keys = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
     diff = [k for k in keys if k in u.config and k in a.config and u.config[k] != a.config[k]]
     if diff:
@@ -88,7 +39,7 @@ class Projector:
         if not aligned:
             raise TunelensError("this repair needs the aligned reference model: pass --aligned MODEL "
                                 "(e.g. the model tuned on the built-in safety set)")
-        self.u, self.a = WeightSource(unaligned), WeightSource(aligned)
+        self.u, self.a = open_weights(unaligned, "unaligned"), open_weights(aligned, "aligned")
         check_same_architecture(self.u, self.a)
 
     def direction(self, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
@@ -160,22 +111,12 @@ def copy_adapter(src: Path, out: Path, tensors: dict[str, torch.Tensor], config:
         f.write(blob)
 
 
-def load_adapter_tensors(adapter: LoraAdapter) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    files = {info.file for info in adapter.ckpt.tensors.values()}
-    out = {}
-    for f in files:
-        out.update(load_file(f))
-    return out
-
-
 def write_model(tuned_folder: Path, out: Path, replace: dict[str, torch.Tensor]) -> None:
     """A copy of a model folder with some tensors replaced, shard by shard (the shard index stays valid)."""
     from safetensors import safe_open
     from safetensors.torch import save
 
-    from ..diff.stream import weight_files
+    from ..weights import weight_files
 
     out.mkdir(parents=True, exist_ok=True)
     weights = set(weight_files(tuned_folder))
@@ -198,18 +139,13 @@ def write_report(out: Path, result: RepairResult) -> None:
 # ------------------------------------------------------------------------------------------------ the method
 
 
-def tuned_update(base: str, tuned: str):
-    """('adapter', LoraAdapter, folder) or ('model', None, folder) for the tuned spec."""
-    from ..models import resolve_path
-
-    kind, folder = resolve_path(tuned)
-    if kind == "peft_adapter":
-        return "adapter", LoraAdapter(folder), folder
-    return "model", None, folder
-
-
-def default_unaligned(base: str, adapter: LoraAdapter | None) -> str:
-    return _adapter_base(adapter) if adapter is not None else base
+def default_unaligned(base: str, tuned: Weights) -> str:
+    """The model the tuned one is an update of: an adapter's named base, else ``base``."""
+    if tuned.lora is None:
+        return base
+    if not tuned.base_spec:
+        raise ModelError(f"adapter {tuned.path} does not name its base model (base_model_name_or_path)")
+    return tuned.base_spec
 
 
 @register("safelora")
@@ -230,21 +166,22 @@ class SafeLoRA(Repair):
         if opts.mode == "topk" and (not isinstance(opts.k, int) or opts.k < 1):
             raise TunelensError(f"safelora k = {opts.k!r}: give the number of modules to project (an integer ≥ 1)")
         choose({}, opts.mode, opts.tau, opts.k)  # validates the mode before any reading
-        kind, adapter, folder = tuned_update(base, tuned)
-        proj = Projector(opts.aligned, opts.unaligned or default_unaligned(base, adapter))
+        tuned_w = open_weights(tuned, "tuned")
+        proj = Projector(opts.aligned, opts.unaligned or default_unaligned(base, tuned_w))
         options = {"aligned": opts.aligned, "unaligned": proj.u.spec, "mode": opts.mode, "tau": opts.tau, "k": opts.k}
-        if kind == "adapter":
-            modules, tensors = _adapter_pass(adapter, proj, opts)
-            copy_adapter(folder, out, tensors)
+        if tuned_w.lora is not None:
+            modules, tensors = _adapter_pass(tuned_w.lora, proj, opts)
+            copy_adapter(tuned_w.path, out, tensors)
         else:
-            modules, replace = _model_pass(base, folder, proj, opts)
-            write_model(folder, out, replace)
+            modules, replace = _model_pass(base, tuned_w, proj, opts)
+            write_model(tuned_w.path, out, replace)
         n_proj = sum(m["projected"] for m in modules)
         cos = [m["cos"] for m in modules if m["cos"] is not None]
         summary = {"modules": len(modules), "projected": n_proj,
                    "cos_min": min(cos) if cos else None, "cos_median": float(torch.tensor(cos).median()) if cos else None,
                    "cos_max": max(cos) if cos else None}
-        result = RepairResult("safelora", out, "adapter" if kind == "adapter" else "model", options, modules, summary)
+        result = RepairResult("safelora", out, "adapter" if tuned_w.lora is not None else "model", options, modules,
+                              summary)
         write_report(out, result)
         return result
 
@@ -259,7 +196,7 @@ def _adapter_pass(adapter: LoraAdapter, proj: Projector, opts):
         cos = factor_cosine(c_left, left.double(), right.double()) if v is not None else None
         found[name] = (mod, left, c_left, cos)
     chosen = choose({n: f[3] for n, f in found.items()}, opts.mode, opts.tau, opts.k)
-    tensors = load_adapter_tensors(adapter)
+    tensors = adapter.load_tensors()
     modules = []
     for name, (mod, left, c_left, cos) in found.items():
         if name in chosen:
@@ -270,12 +207,10 @@ def _adapter_pass(adapter: LoraAdapter, proj: Projector, opts):
     return modules, tensors
 
 
-def _model_pass(base: str, folder: Path, proj: Projector, opts):
+def _model_pass(base: str, tuned: Weights, proj: Projector, opts):
     """Full fine-tunes: Δ = tuned − base per 2-D weight (embeddings and head excluded), projected directly."""
-    from ..models import resolve_path
-
-    tuned_ck = Checkpoint(folder)
-    base_ck = Checkpoint(resolve_path(base)[1])
+    tuned_ck, folder = tuned.ckpt, tuned.path
+    base_ck = open_base(base).ckpt
     found = {}
     for name, info in tuned_ck.tensors.items():
         if len(info.shape) != 2 or "embed" in name or "lm_head" in name or info.torch_dtype is None:
@@ -297,5 +232,5 @@ def _model_pass(base: str, folder: Path, proj: Projector, opts):
     return modules, replace
 
 
-__all__ = ["SafeLoRA", "Projector", "WeightSource", "factor_cosine", "dense_cosine", "choose", "check_tau",
-           "copy_adapter", "load_adapter_tensors", "write_model", "write_report", "tuned_update", "default_unaligned"]
+__all__ = ["SafeLoRA", "Projector", "factor_cosine", "dense_cosine", "choose", "check_tau", "copy_adapter",
+           "write_model", "write_report", "default_unaligned"]

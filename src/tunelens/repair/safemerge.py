@@ -20,12 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..diff.lora import LoraAdapter, LoraModule
 from ..errors import TunelensError
-from ..models import resolve_path
+from ..weights import LoraModule, open_weights, unit_alpha
 from .core import Repair, RepairResult, register
-from .safelora import (Projector, check_tau, copy_adapter, default_unaligned, factor_cosine, load_adapter_tensors,
-                       tuned_update, write_report)
+from .safelora import Projector, check_tau, copy_adapter, default_unaligned, factor_cosine, write_report
 
 
 def check_weights(weights) -> tuple[float, float]:
@@ -38,11 +36,6 @@ def check_weights(weights) -> tuple[float, float]:
     if not all(math.isfinite(x) for x in w) or sum(w) <= 0:
         raise TunelensError(f"safemerge weights {list(w)} must sum to a positive number (e.g. [0.8, 0.2])")
     return w
-
-
-def _unit_alpha(rank: int, rslora: bool) -> float:
-    """The lora_alpha that makes a module of this rank scale 1."""
-    return math.sqrt(rank) if rslora else float(rank)
 
 
 @register("safemerge")
@@ -68,21 +61,21 @@ class SafeMerge(Repair):
         if not opts.safety_adapter:
             raise TunelensError("safemerge needs the safety adapter: pass --safety-adapter DIR (a LoRA adapter on "
                                 "the same base, e.g. from `tunelens tune --data safety-tune`)")
-        kind, tuned_ad, folder = tuned_update(base, tuned)
-        if kind != "adapter":
+        tuned_w = open_weights(tuned, "tuned")
+        if tuned_w.lora is None:
             raise TunelensError(f"safemerge merges LoRA adapters; tuned '{tuned}' is a full model (use safelora or "
                                 f"a weight merge for full fine-tunes)")
-        s_kind, s_folder = resolve_path(opts.safety_adapter)
-        if s_kind != "peft_adapter":
+        safety_w = open_weights(opts.safety_adapter, "safety adapter")
+        if safety_w.lora is None:
             raise TunelensError(f"safety adapter '{opts.safety_adapter}' is not a PEFT adapter folder")
-        safety = LoraAdapter(s_folder)
-        t_base, s_base = default_unaligned(base, tuned_ad), default_unaligned(base, safety)
-        if resolve_path(t_base)[1].resolve() != resolve_path(s_base)[1].resolve():
+        tuned_ad, safety = tuned_w.lora, safety_w.lora
+        t_base, s_base = default_unaligned(base, tuned_w), default_unaligned(base, safety_w)
+        if tuned_w.base.path.resolve() != safety_w.base.path.resolve():
             raise TunelensError(f"the safety adapter is on base '{s_base}' but the tuned adapter is on '{t_base}': "
                                 f"SafeMERGE blends two adapters of the same base model")
         proj = Projector(opts.aligned, opts.unaligned or t_base)
-        tensors = load_adapter_tensors(tuned_ad)
-        s_tensors = load_adapter_tensors(safety)
+        tensors = tuned_ad.load_tensors()
+        s_tensors = safety.load_tensors()
         cfg = dict(tuned_ad.config)
         r_t = int(cfg.get("r", 8))
         ranks, alphas = {}, {}
@@ -99,13 +92,13 @@ class SafeMerge(Repair):
                 tensors[mod.a_key], tensors[mod.b_key] = a_new, b_new
                 key = re.escape(mod.module)
                 ranks[key] = a_new.shape[0]
-                alphas[key] = _unit_alpha(a_new.shape[0], mod.use_rslora)
+                alphas[key] = unit_alpha(a_new.shape[0], mod.use_rslora)
             modules.append({"module": mod.module, "cos": cos, "merged": merge,
                             "projected": merge, "in_safety_adapter": smod is not None})
         # our per-module keys go first: PEFT uses the first pattern that matches a module
         cfg["rank_pattern"] = {**ranks, **(cfg.get("rank_pattern") or {})}
         cfg["alpha_pattern"] = {**alphas, **(cfg.get("alpha_pattern") or {})}
-        copy_adapter(folder, out, tensors, cfg)
+        copy_adapter(tuned_w.path, out, tensors, cfg)
         n = sum(m["merged"] for m in modules)
         cos = [m["cos"] for m in modules if m["cos"] is not None]
         summary = {"modules": len(modules), "merged": n, "projected": n, "tuned_rank": r_t,

@@ -1,5 +1,6 @@
-"""What the merge-style repairs share: read the base and one or more fine-tunes tensor by tensor (full safetensors
-checkpoints a row slab at a time, LoRA adapters as their merged update Δ = scale·B·A per module), hand each
+"""What the merge-style repairs share: read the base and one or more fine-tunes tensor by tensor through
+:mod:`tunelens.weights` (full safetensors checkpoints a row slab at a time, LoRA adapters as their update
+Δ = scale·B·A per module), hand each
 tensor's updates δᵢ = θᵢ − θ_base to a method's combine function, and write the result as a sharded safetensors
 folder that ``from_pretrained`` loads (config and tokenizer files copied from the base).
 
@@ -22,10 +23,8 @@ from typing import Callable
 
 import torch
 
-from ..diff import adapter_base, check_full, check_lora, open_side, Side, same_model
-from ..diff.stream import Checkpoint, TensorInfo
 from ..errors import TunelensError
-from ..models import resolve_path
+from ..weights import Checkpoint, TensorInfo, Weights, check_fits, open_base, open_weights, same_model
 
 SHARD_BYTES = 2 << 30  # output shard size
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".msgpack", ".h5")
@@ -42,7 +41,7 @@ class MergeInputs:
 
     base: Checkpoint
     base_path: Path
-    sides: list[Side]
+    sides: list[Weights]
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -58,10 +57,7 @@ class MergeInputs:
         facs = facs if facs is not None else [s.factor(name) for s in self.sides]
         out = []
         for side, fac in zip(self.sides, facs):
-            if side.ckpt is not None and name not in side.ckpt:
-                out.append(None)  # only in base (e.g. tied head): unchanged
-                continue
-            kind, rows = side.rows(name, r0, r1, fac) if info.shape else _scalar(side, name)
+            kind, rows = side.rows(name, r0, r1, fac)
             if kind is None:
                 out.append(None)
             elif kind == "d":
@@ -71,61 +67,42 @@ class MergeInputs:
         return base, out
 
 
-def _scalar(side: Side, name: str):
-    if side.ckpt is not None:
-        return "t", side.ckpt.read(name)
-    stored = side.lora.replaced.get(name) or side.lora.base_layers.get(name)
-    return ("t", side.lora.ckpt.read(stored)) if stored else (None, None)
-
-
 def _work_dtype(info: TensorInfo) -> torch.dtype:
     return torch.float64 if info.torch_dtype == torch.float64 else torch.float32
 
 
 def open_inputs(base: str | None, tuned: str, models: list[str] | tuple = ()) -> MergeInputs:
     """Open the base and the fine-tunes; a LoRA adapter's base is taken from its config when ``base`` is None."""
-    sides = [open_side(spec, "tuned" if i == 0 else f"model {i} ({spec})") for i, spec in enumerate([tuned, *models])]
+    sides = [open_weights(spec, "tuned" if i == 0 else f"model {i} ({spec})")
+             for i, spec in enumerate([tuned, *models])]
     notes: list[str] = []
     if base is None:
-        found = [b for b in (adapter_base(s) for s in sides if s.lora is not None) if b]
+        found = [s.base_spec for s in sides if s.base_spec]
         if not found:
             raise TunelensError("pass the base model: it cannot be read from a full tuned checkpoint")
         base = found[0]
-    kind, base_path = resolve_path(base)
-    if kind == "peft_adapter":
-        raise TunelensError(f"the base model must be a full checkpoint, not an adapter ({base})")
+    base_w = open_base(base)
     for side in sides:
-        if same_model(str(side.path), str(base_path)) and side.role != "tuned":
+        if same_model(str(side.path), str(base_w.path)) and side.role != "tuned":
             notes.append(f"{side.role} is the base model itself")
-        b = adapter_base(side) if side.lora is not None else None
-        if b and not same_model(b, str(base_path)) and not same_model(b, str(base)):
+        b = side.base_spec
+        if b and not same_model(b, str(base_w.path)) and not same_model(b, str(base)):
             notes.append(f"{side.role} adapter was trained on '{b}'; merged onto base '{base}' as asked")
-    ckpt = Checkpoint(base_path)
-    _check_model_type(base_path, sides)
+    _check_model_type(base_w, sides)
     for side in sides:
-        if side.ckpt is not None:
-            check_full(ckpt, side, notes)
-        else:
-            check_lora(ckpt, side)
-    return MergeInputs(ckpt, base_path, sides, notes)
+        check_fits(base_w.ckpt, side, notes)
+    return MergeInputs(base_w.ckpt, base_w.path, sides, notes)
 
 
-def _check_model_type(base_path: Path, sides: list[Side]) -> None:
-    want = _model_type(base_path)
+def _check_model_type(base: Weights, sides: list[Weights]) -> None:
+    want = base.config.get("model_type")
     for side in sides:
         if side.ckpt is None:
             continue
-        got = _model_type(side.path)
+        got = side.config.get("model_type")
         if want and got and want != got:
             raise TunelensError(f"base and {side.role} have different architectures: config model_type "
-                                f"'{want}' in {base_path}, '{got}' in {side.path}")
-
-
-def _model_type(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
+                                f"'{want}' in {base.path}, '{got}' in {side.path}")
 
 
 def merge_to_folder(inputs: MergeInputs, out: Path, combine: Combine, *, whole_tensor: bool = False,
