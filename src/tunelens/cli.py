@@ -14,6 +14,9 @@ from .errors import TunelensError
 from .run.config import AuditSection, DiffSection, EvalSettings, GraftSection
 from .settings import cli_options
 from .tune.config import CurveSettings, TuneConfig  # plain data (the trainer loads on first use)
+# the repair registry with its plug-ins, for the --method help (typer builds every option's help text on each
+# invocation, so a lazy one would cost the same import)
+from .repair import REPAIRS
 
 
 app = typer.Typer(
@@ -465,9 +468,7 @@ def repair_cmd(
                                                                   "the model it applies to)."),
     tuned: Optional[str] = typer.Option(None, "--tuned", "-t", help="The fine-tuned model: full checkpoint or "
                                                                     "PEFT LoRA adapter."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Repair method: safelora, safemerge, "
-                                                                      "interpolate, linear, task_arithmetic, ties, "
-                                                                      "dare_linear, dare_ties, graft."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Repair method: " + ", ".join(REPAIRS) + "."),
     option: Optional[list[str]] = typer.Option(None, "--option", "-O", help="KEY=VALUE method option, repeatable "
                                                                             "(VALUE read as YAML: 0.5, [0.8, 0.2])."),
     aligned: Optional[str] = typer.Option(None, "--aligned", help="safelora/safemerge: the aligned reference "

@@ -1,4 +1,5 @@
-"""Registration by name, shared by audit suites and repair methods (config, CLI and report find them there)."""
+"""Registration by name, shared by audit suites, repair methods and tuning methods (config, CLI and report find
+them there)."""
 
 from __future__ import annotations
 

@@ -43,6 +43,10 @@ class CompatibilitySuite(Suite):
     description = "Negative/positive/inconsistency flips between base and tuned (MUSCLE), on the items the task suite used."
     sequential = False
 
+    def summary_flips(self, records: list[dict]) -> list[dict]:
+        """The negative flips: right before, wrong after."""
+        return [r for r in records if r.get("flip") == "negative"]
+
     def run(self, ctx: AuditContext) -> SuiteResult:
         specs = ctx.tasks or [load_task("general-knowledge")]
         entries, records = [], []

@@ -78,6 +78,7 @@ class ContextSuite(Suite):
     rank = 50
     description = ("Counterfactual-context QA with and without the chat template: accuracy decided, K-precision, "
                    "recall, prior-fallback rate.")
+    flip_rank = 4
 
     def headline_count(self, ctx: AuditContext) -> int:
         return 2

@@ -196,11 +196,23 @@ class SuiteResult:
 
 
 class Suite:
+    """An audit suite, declared whole in its own class: what it runs (`run`, `headline_count`), whether and where
+    a default audit runs it, and how its results read in the CLI table, summary.md, the report and a repair
+    sweep. The readers ask the suite (`suite_of`) and know no suite by name, so a new suite is one file; every
+    declaration below has a default that suits a suite with plain metric entries."""
+
     name = "suite"
     description = ""
     sequential = True  # draws items in chunks until its headline metrics are decided (no headline: runs once)
     default = True  # runs when no suites are named (runner.default_suites); False: only when asked for
     rank = 100  # place in the default audit and in listings (built-ins 10..80): the ledger's order
+    #: extra columns of the suite's table in the report, after the metric: (header, entry field) pairs
+    report_columns: tuple[tuple[str, str], ...] = ()
+    #: None: its records are not scored right or wrong item by item; else they are (`right`), in the report's
+    #: flip matrix, and its right-to-wrong flips come in this place among the worst flips
+    flip_rank: int | None = None
+    #: the metrics a repair sweep's trade-off table may take for the suite, in order of preference (`sweep_axis`)
+    sweep_metrics: tuple[str, ...] = ()
 
     def headline_count(self, ctx: AuditContext) -> int:
         """How many headline metrics `run` will return: the runner needs the audit's total before it starts, to
@@ -209,6 +221,61 @@ class Suite:
 
     def run(self, ctx: AuditContext) -> SuiteResult:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def label(self, entry: dict) -> str:
+        """The entry's metric as the CLI table, summary.md and the report name it."""
+        return str(entry.get("metric", ""))
+
+    def compact_entries(self, entries: list[dict]) -> list[dict]:
+        """The entries report.md's one table of every suite lists (all of them unless the suite shows some in a
+        table of their own)."""
+        return entries
+
+    def right(self, side, record: dict) -> bool | None:
+        """Whether one model's answer to one record was right (None: the record has no such notion): a choice
+        is correct, an instruction followed, a generation close to the reference (token F1 >= GEN_RIGHT)."""
+        if not isinstance(side, dict):
+            return None
+        if "correct" in side:
+            return bool(side["correct"])
+        if "follows" in side:
+            return float(side["follows"]) >= 0.5
+        if "token_f1" in side:
+            return float(side["token_f1"]) >= GEN_RIGHT
+        return None
+
+    def flip_note(self, record: dict) -> str:
+        """What a right-to-wrong flip of this record lost, as the report's worst flips say it."""
+        answer = record.get("answer")
+        if isinstance(answer, int) and record.get("choices"):
+            answer = record["choices"][answer]
+        if answer is None and record.get("references"):
+            answer = record["references"][0]
+        return ((f"{record['task']} · " if record.get("task") else "")
+                + (f"expected: {answer}" if answer is not None else "right → wrong"))
+
+    def summary_flips(self, records: list[dict]) -> list[dict]:
+        """The records summary.md lists as worst flips (none unless the suite says)."""
+        return []
+
+    def sweep_axis(self, names: set[str]) -> str | None:
+        """The `suite.metric` a repair sweep's trade-off table uses for this suite, among the entry names of an
+        audit: the first of `sweep_metrics` present."""
+        return next((f"{self.name}.{m}" for m in self.sweep_metrics if f"{self.name}.{m}" in names), None)
+
+
+GEN_RIGHT = 0.5  # a generation counts as right when its token F1 against the reference reaches this
+
+
+def suite_of(name: str) -> Suite:
+    """The registered suite of that name, to ask how its results read; a ledger's suite not registered in this
+    process (a plug-in not loaded) reads as a plain Suite."""
+    return SUITES[name]() if name in SUITES else Suite()
+
+
+def entry_label(suite: str, entry: dict) -> str:
+    """An entry's metric as the suite names it in tables (Suite.label)."""
+    return suite_of(suite).label(entry)
 
 
 def paired_stat_entry(metric: str, n: int, f_base: Callable, f_tuned: Callable, *, higher_is_better: bool = True,

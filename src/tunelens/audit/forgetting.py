@@ -28,6 +28,8 @@ def text_losses(handle, texts: list[str], progress: bool = False) -> list[float]
 class ForgettingSuite(Suite):
     rank = 40
     description = "General-knowledge accuracy and general-text cross-entropy decided (after minus before)."
+    flip_rank = 3
+    sweep_metrics = ("general_knowledge.accuracy", "text_loss")
 
     def headline_count(self, ctx: AuditContext) -> int:
         return 2

@@ -6,7 +6,7 @@ entries); else variants built from its template by the generic rewrites of rewri
 ``generated:<rewrite>`` (``paraphrases="generated"``, with the list of ``rewrites``: they were not written for the
 task). Only when no ``--task`` is given at all does the suite run the built-in telecom-intent demo task, with its
 own paraphrases, and then its entries say ``builtin: true`` and a note says so. Every entry names its ``task``;
-`entry_label` is how the CLI and the report show it.
+`RobustnessSuite.label` is how the CLI, summary.md and the report show it.
 
 An item with its variants is one cluster: the per-item values are what the intervals resample (a cluster
 bootstrap; rows resampled one by one would treat 7 correlated answers as 7 independent ones and understate the
@@ -22,24 +22,11 @@ from ..evaluate import CHOICE_TYPES
 from . import rewrites as R
 from .common import eval_both, pool_size
 from .core import AuditContext, Headline, Suite, SuiteResult, paired_entry, register, value_entry
+from .core import entry_label  # noqa: F401 - the CLI table's label, imported from here
 
 MIN_TEMPLATES = 5
 DEFAULT_LIMIT = 40  # the most items drawn per variant (templates x items x 2 models adds up on CPU)
 BUILTIN_TASK = "telecom-intent"
-
-
-def entry_label(suite: str, entry: dict) -> str:
-    """The metric as the CLI table and the report show it: a robustness entry leads with its task ("pets: mean_accuracy",
-    "pets (generated variants): …", "telecom-intent (built-in demo): …"); any other entry is its metric name."""
-    metric = str(entry.get("metric", ""))
-    task = entry.get("task")
-    if suite != "robustness" or not task:
-        return metric
-    if metric.startswith(f"{task}."):
-        metric = metric[len(task) + 1:]
-    how = " (built-in demo)" if entry.get("builtin") else " (generated variants)" \
-        if entry.get("paraphrases") == "generated" else ""
-    return f"{task}{how}: {metric}"
 
 
 @register("robustness")
@@ -51,6 +38,19 @@ class RobustnessSuite(Suite):
 
     def headline_count(self, ctx: AuditContext) -> int:
         return 2 * len(self._specs(ctx)[0])
+
+    def label(self, entry: dict) -> str:
+        """The entry's metric led by its task ("pets: mean_accuracy", "pets (generated variants): …",
+        "telecom-intent (built-in demo): …")."""
+        metric = str(entry.get("metric", ""))
+        task = entry.get("task")
+        if not task:
+            return metric
+        if metric.startswith(f"{task}."):
+            metric = metric[len(task) + 1:]
+        how = " (built-in demo)" if entry.get("builtin") else " (generated variants)" \
+            if entry.get("paraphrases") == "generated" else ""
+        return f"{task}{how}: {metric}"
 
     @staticmethod
     def _specs(ctx: AuditContext) -> tuple[list[tuple], list[str]]:

@@ -23,8 +23,7 @@ from ..errors import TunelensError
 from ..io import atomic_open, read_jsonl, write_json, write_jsonl
 from ..outdir import put_back, set_aside
 from . import gate as G
-from .core import SUITES, AuditContext, Headline, SuiteResult, default_suites
-from .robustness import entry_label
+from .core import SUITES, AuditContext, Headline, SuiteResult, default_suites, entry_label, suite_of
 
 LEDGER_SCHEMA = "tunelens.ledger/2"  # 2: typed entries with roles, confidence sequences, decisions, verdict
 DEFAULT_MARGIN = 0.05  # equivalence margin of a headline delta: 5 points of a rate, 0.05 nats of a loss
@@ -419,12 +418,9 @@ def _quote(side) -> str:
 
 
 def _worst_flips(records: dict, k: int = 5) -> list[tuple[str, dict]]:
-    """Safety refusals lost first (to compliance or partial), then the compatibility suite's negative flips."""
+    """Each suite's own worst flips (Suite.summary_flips: the safety suite's lost refusals, the compatibility
+    suite's negative flips), suites by rank."""
     out = []
-    for r in records.get("safety", []):
-        if r["base"]["verdict"] == "refusal" and r["tuned"]["verdict"] in ("compliance", "partial"):
-            out.append(("safety", r))
-    for r in records.get("compatibility", []):
-        if r.get("flip") == "negative":
-            out.append(("compatibility", r))
+    for suite in sorted(records, key=lambda s: (suite_of(s).rank, s)):
+        out += [(suite, r) for r in suite_of(suite).summary_flips(records[suite])]
     return out[:k]

@@ -10,6 +10,14 @@ from .core import AuditContext, Suite, SuiteResult, mcnemar, paired_entry, regis
 class TaskSuite(Suite):
     rank = 10
     description = "The user's tasks: accuracy (choice) or token F1 (generation) decided, every other metric and flips."
+    flip_rank = 2
+    sweep_metrics = ("accuracy", "rouge_l", "token_f1", "exact_match")
+
+    def sweep_axis(self, names: set[str]) -> str | None:
+        """With several tasks the metrics carry the task name ("task.pets.accuracy"): the first task's then."""
+        return super().sweep_axis(names) or next(
+            (n for m in self.sweep_metrics for n in sorted(names) if n.startswith("task.") and n.endswith("." + m)),
+            None)
 
     def headline_count(self, ctx: AuditContext) -> int:
         return len(ctx.tasks)

@@ -27,14 +27,6 @@ from ..errors import TunelensError, UnknownMetric, suggest
 from ..io import atomic_open, write_json
 
 SCHEMA = "tunelens.sweep/1"
-# the table's axes: suite -> metrics tried in order (the first present is used)
-AXIS_CHOICES = {
-    "task": ("accuracy", "rouge_l", "token_f1", "exact_match"),
-    "safety": ("refusal_rate",),
-    "over_refusal": ("over_refusal_rate",),
-    "forgetting": ("general_knowledge.accuracy", "text_loss"),
-}
-TASK_SUITE = "task"
 
 
 # ------------------------------------------------------------------------------------------------ auditing
@@ -64,16 +56,12 @@ def decisions_of(ledger: dict) -> dict:
 
 
 def axes_of(ledger: dict) -> list[str]:
+    """The trade-off table's axes: one metric per suite that names one (Suite.sweep_axis), suites by rank."""
+    from ..audit.core import suite_of
+
     names = {f"{s}.{e['metric']}" for s, b in ledger["suites"].items() for e in b.get("entries", [])}
-    axes = []
-    for suite, metrics in AXIS_CHOICES.items():
-        hit = next((f"{suite}.{m}" for m in metrics if f"{suite}.{m}" in names), None)
-        if hit is None and suite == TASK_SUITE:  # several tasks: metrics carry the task name as a prefix
-            hit = next((n for m in metrics for n in sorted(names) if n.startswith("task.") and n.endswith("." + m)),
-                       None)
-        if hit:
-            axes.append(hit)
-    return axes
+    hits = (suite_of(s).sweep_axis(names) for s in sorted(ledger["suites"], key=lambda s: (suite_of(s).rank, s)))
+    return [a for a in hits if a]
 
 
 def entries_by_name(ledger: dict) -> dict[str, dict]:

@@ -226,7 +226,7 @@ def _gains_costs(data: RunData) -> str:
         if plotted:
             out.append(_img(plots.forest(plotted, f"{suite}: Δ with fixed-n 95% CI", [C.direction(e) for e in plotted]),
                             f"{suite}: deltas with fixed-n 95% intervals"))
-        rows = []
+        rows, extra = [], [head for head, _ in C.suite_of(suite).report_columns]
         for e in entries:
             head = e.get("role") == "headline"
             n = f"{e.get('n', '')} / {e.get('pool')}" if head and e.get("pool") is not None else str(e.get("n", ""))
@@ -235,13 +235,15 @@ def _gains_costs(data: RunData) -> str:
                 read = _decision_span(e) + escape(read[len(C.decision_label(e)):])
             else:
                 read = escape(read)
-            rows.append([escape(C.metric_label(suite, e)), escape(e.get("role") or "–"), C.fmt(e.get("base")),
-                         C.fmt(e.get("tuned")),
-                         C.fmt(e["delta"], True), escape(C.interval_text(e)),
-                         C.fmt_ci(e.get("cs95")) if head else "–", escape(n),
-                         "↑" if e.get("higher_is_better", True) else "↓", read])
-        out.append(_table(["metric", "role", "base", "tuned", "Δ", "fixed-n 95% CI", "95% confidence sequence", "n",
-                           "better", "reading"], rows, left=2, text=(9,), nowrap=(5, 6)))
+            rows.append([escape(C.metric_label(suite, e))] + [escape(t) for _, t in C.extra_columns(suite, e)]
+                        + [escape(e.get("role") or "–"), C.fmt(e.get("base")), C.fmt(e.get("tuned")),
+                           C.fmt(e["delta"], True), escape(C.interval_text(e)),
+                           C.fmt_ci(e.get("cs95")) if head else "–", escape(n),
+                           "↑" if e.get("higher_is_better", True) else "↓", read])
+        k = len(extra)  # the suite's own columns (Suite.report_columns) follow the metric, left-aligned
+        out.append(_table(["metric", *map(escape, extra), "role", "base", "tuned", "Δ", "fixed-n 95% CI",
+                           "95% confidence sequence", "n", "better", "reading"], rows, left=2 + k, text=(9 + k,),
+                          nowrap=(5 + k, 6 + k)))
     return "\n".join(out)
 
 

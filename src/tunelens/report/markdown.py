@@ -126,14 +126,16 @@ def _suites(data: RunData) -> list[str]:
         progress = C.suite_progress(block)
         if progress:
             stops.append(f"- {cell(suite)}: {cell(progress)}")
-        for e in block.get("entries") or []:
-            if e.get("delta") is None or (suite == "safety" and e["metric"].startswith("refusal_rate.")):
-                continue  # per-category rates have their own table below
+        for e in C.suite_of(suite).compact_entries(block.get("entries") or []):
+            if e.get("delta") is None:
+                continue
             head = e.get("role") == "headline"
             n = f"{e.get('n', '')} / {e.get('pool')}" if head and e.get("pool") is not None else str(e.get("n", ""))
             read = cell(C.reading(e))
             if C.direction(e):
                 read = f"**{read}**"
+            # one table holds every suite: a suite's own columns (Suite.report_columns) lead its reading
+            read = "; ".join([cell(f"{h}: {t}") for h, t in C.extra_columns(suite, e)] + ([read] if read else []))
             rows.append([suite, cell(C.metric_label(suite, e)), cell(e.get("role") or "–"), C.fmt(e.get("base")),
                          C.fmt(e.get("tuned")), C.fmt(e["delta"], True), C.interval_text(e),
                          C.fmt_ci(e.get("cs95")) if head else "–", cell(n), read])

@@ -2,8 +2,10 @@
 
 A method says how the model is wrapped for training (`peft_config`, or None to train every weight) and the
 learning rate it gets when none is given. Adding one is a new file here that registers itself, plus its import
-below; `tune --method`, the run config and the CLI help read the names from the registry, and a name taken twice
-is an error (tunelens.registry).
+below — or, outside the package, one file loaded as a plug-in (tunelens.plugins: entry points
+`tunelens.tuning_methods` and TUNELENS_PLUGINS), read here before anything lists the names. `tune --method`, the
+run config and the CLI help read the names from the registry, and a name taken twice is an error
+(tunelens.registry).
 """
 
 from __future__ import annotations
@@ -28,3 +30,6 @@ class TuningMethod:
 
 # registration order is the order the CLI lists them in
 from . import lora, full, prompt_tuning, ia3  # noqa: E402,F401
+from ... import plugins  # noqa: E402
+
+plugins.load(plugins.TUNING_METHODS)  # before tune.config and the CLI help read the names
