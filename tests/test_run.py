@@ -552,3 +552,43 @@ def test_failed_suite_rerun_after_the_cause_is_fixed(tiny_model_dir, tmp_path, m
     assert json.loads((run_dir / st["repair"]["dir"] / "sweep.json").read_text())["rows"][0]["status"] == "ok"
     html = (run_dir / "report.html").read_text()
     assert "running since" not in html and "safety suite failed" not in html
+
+
+def test_every_stage_reports_its_steps_on_the_one_progress_channel(tiny_model_dir, tmp_path, monkeypatch):
+    """The display no longer polls files a stage wrote: each stage's own calls to tunelens.progress.step reach
+    it — training steps, audit suites, diff bytes, graft sparsities, repair candidates (issue 18)."""
+    from tunelens.run import pipeline as PL
+
+    seen: dict[str, list] = {}
+    current = {}
+    monkeypatch.setattr(PL.Display, "start", lambda self, stage: current.update(stage=stage))
+    monkeypatch.setattr(PL.Display, "step", lambda self, done, total: seen.setdefault(current["stage"], [])
+                        .append((done, total)))
+    raw = raw_config(tiny_model_dir, write_task(tmp_path / "data"))
+    raw["graft"]["steps"] = 0  # with no mask steps, graft reports each sparsity
+    raw["graft"]["sparsities"] = [0.1, 0.2]
+    raw["repair"]["candidates"].append({"method": "interpolate", "alpha": 0.25})
+    raw["stages"] = ["tune", "audit", "diff", "graft", "repair"]
+    r = run_pipeline(parse_config(raw), tmp_path / "run", display=False)
+    assert r.exit_code == 0, {s: v["error"] for s, v in r.state["stages"].items()}
+    assert seen["tune"][-1] == (2, 2) and [d for d, _ in seen["tune"]] == [1, 2]
+    assert seen["audit"] == [(0, 1), (1, 1)]
+    done, total = seen["diff"][-1]
+    assert done == total > 0 and all(a[0] <= b[0] for a, b in zip(seen["diff"], seen["diff"][1:]))
+    assert seen["graft"] == [(1, 2), (2, 2)]
+    assert seen["repair"] == [(1, 3), (2, 3), (3, 3)]  # the tuned reference row, then each candidate
+
+
+def test_progress_reaches_whoever_listens_and_nobody_else():
+    from tunelens import progress as P
+
+    got, inner = [], []
+    P.step(1, 2)  # nobody listens: nothing happens
+    with P.reporting(lambda d, t: got.append((d, t))):
+        P.step(1, 3)
+        with P.reporting(lambda d, t: inner.append((d, t))):
+            P.step(5, 5)
+        with P.reporting(None):
+            P.step(9, 9)
+        P.step(2, 3)
+    assert got == [(1, 3), (2, 3)] and inner == [(5, 5)]

@@ -390,24 +390,16 @@ def diff_cmd(
     from .diff import diff_models
     from .diff.report import summary_lines
 
-    shown = {"pct": -1}
-
-    def progress(done: int, total: int) -> None:
-        pct = int(100 * done / total) if total else 100
-        if sys.stderr.isatty() and pct // 5 != shown["pct"] // 5:
-            shown["pct"] = pct
-            typer.echo(f"\rdiff: {pct:3d}% of {total / 1e9:.2f} GB", err=True, nl=False)
-
+    from . import progress as P
     from .outdir import claim
 
     from .settings import build
 
     d = build(DiffSection, settings)
-    with claim(out, "diff"):
-        result = diff_models(base, tuned, other=other, out=out, rank=d.rank, rank_max_dim=d.rank_max_dim,
-                             progress=progress)
-    if shown["pct"] >= 0:
-        typer.echo("", err=True)
+    bar = P.bar("diff", unit="GB", scale=1e9, enabled=sys.stderr.isatty())
+    with claim(out, "diff"), P.reporting(bar):
+        result = diff_models(base, tuned, other=other, out=out, rank=d.rank, rank_max_dim=d.rank_max_dim)
+    bar.close()
     for line in summary_lines(result):
         typer.echo(line)
     typer.echo(f"wrote {out / 'diff.json'}, {out / 'diff_tensors.csv'} and the heatmap in {out}")
@@ -437,20 +429,15 @@ def graft_cmd(
         raise TunelensError(f"--sparsity '{settings['sparsities']}': give comma-separated numbers, e.g. "
                             "1e-4,1e-3") from None
     g = build(GraftSection, {**settings, "sparsities": sparsities, "task": task})
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(g.sparsities) * g.steps, desc="graft steps", unit="step", disable=not g.steps)
-
-    def progress(done: int, total: int) -> None:
-        bar.update(done - bar.n)
-
+    from . import progress as P
     from .outdir import claim
 
-    with claim(out, "graft"):
+    bar = P.bar("graft", unit="step" if g.steps else "sparsity")
+    with claim(out, "graft"), P.reporting(bar):
         result = graft(base, tuned, task, g.sparsities, steps=g.steps, lr=g.lr, examples=g.examples,
                        batch_size=g.batch_size, out=out, save_model=save_model, seed=g.seed,
                        include_embeddings=g.include_embeddings, select_limit=g.select_limit,
-                       eval_limit=g.eval_limit, progress=progress)
+                       eval_limit=g.eval_limit)
     bar.close()
     for r in result["results"]:
         sc, g = r["score"], r["gain_recovered"]

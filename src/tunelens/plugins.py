@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from importlib.metadata import entry_points
+
+from .progress import log
 
 ENV = "TUNELENS_PLUGINS"
 SUITES, REPAIRS, TUNING_METHODS = "tunelens.suites", "tunelens.repairs", "tunelens.tuning_methods"
@@ -52,8 +53,8 @@ def _import(label: str, do) -> None:
         do()
     except Exception as e:  # any failure of someone else's module: name it, leave it out, go on
         _failed.add(label)
-        print(f"tunelens: error: plug-in {label} failed to import ({type(e).__name__}: {_one_line(e)}); "
-              "it is left out", file=sys.stderr)
+        log.error(f"tunelens: error: plug-in {label} failed to import ({type(e).__name__}: {_one_line(e)}); "
+                  "it is left out")
 
 
 def _one_line(e: Exception) -> str:

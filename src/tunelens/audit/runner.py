@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
+from .. import progress as P
 from .. import stats as S
 from ..errors import TunelensError
 from ..io import atomic_open, read_jsonl, write_json, write_jsonl
@@ -92,6 +93,7 @@ def _run(ctx: AuditContext, suites: list[str], out: Path | None, gates, ledger: 
     k += sum(e.get("role") == "headline" for b, _ in earlier.values() for e in b.get("entries", []))
     ledger["stop_alpha"] = stop_alpha = S.ALPHA / max(1, k)
     for i, name in enumerate(suites):
+        P.step(i, len(suites))
         if name in earlier:
             ledger["suites"][name], ctx.cache.setdefault("records", {})[name] = earlier[name]
             continue
@@ -118,6 +120,7 @@ def _run(ctx: AuditContext, suites: list[str], out: Path | None, gates, ledger: 
     judges = ctx.cache.get("judges") or {}
     if judges:
         ledger["judge"] = judge_record(judges)
+    P.step(len(suites), len(suites))
     ledger["seconds"] = round(time.perf_counter() - start, 2)
     ledger["generated_tokens"] = ctx.cache.get("generated_tokens", 0)
     ledger["holm"] = apply_holm(ledger)

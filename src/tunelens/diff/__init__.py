@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from .. import __version__
+from .. import progress as P
 from ..errors import ModelError, TunelensError
 from ..weights import Checkpoint, Weights, check_fits, open_base, open_weights, same_model
 from .stats import ENERGY_LEVELS, TOL_ABS, TOL_REL, DeltaAccumulator, Workspace, aggregate, dense_spectrum, \
@@ -37,7 +38,8 @@ def diff_models(base: str | None = None, tuned: str | None = None, other: str | 
     omitted when ``tuned`` is an adapter that names its base. ``rank``: singular values of every 2-D Δ (the slow
     part); ``rank_max_dim`` skips them for matrices whose smaller side is larger. ``out``: folder for diff.json,
     diff_tensors.csv, heatmap.png/csv (atomic writes). ``workers``: threads for the elementwise statistics
-    (default: torch's thread count). ``progress(done_bytes, total_bytes)`` is called per slab.
+    (default: torch's thread count). ``progress(done_bytes, total_bytes)`` is called per slab (default: the
+    progress channel, tunelens.progress).
     Returns the diff.json content (with the per-tensor rows under ``tensors``).
     """
     if tuned is None:
@@ -50,7 +52,7 @@ def diff_models(base: str | None = None, tuned: str | None = None, other: str | 
     base_ckpt = base_w.ckpt
     names = _plan(base_ckpt, sides, notes)
 
-    rows, bytes_read = _stream(base_ckpt, names, sides, rank, rank_max_dim, progress, notes, workers)
+    rows, bytes_read = _stream(base_ckpt, names, sides, rank, rank_max_dim, P.listener_or(progress), notes, workers)
     seconds = time.perf_counter() - t0
     agg = aggregate(rows)
     total = agg.pop("total")
@@ -156,8 +158,7 @@ def _stream(base: Checkpoint, names, sides, rank, rank_max_dim, progress, notes,
                 if not cur["acc"].finite():
                     _raise_nonfinite(name, w, parts, sides, base)
                 done += w.nbytes + sum(x.nbytes for k, x in parts if k == "t")
-                if progress is not None:
-                    progress(done, total_bytes)
+                progress(done, total_bytes)
         if cur is not None:
             rows.append(_finish(cur, threads))
     finally:

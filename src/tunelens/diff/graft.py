@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from .. import progress as P
 from ..run.config import GraftSection as _G  # the defaults: `tunelens graft`'s and a run's graft section
 from ..errors import DataError, TunelensError
 
@@ -247,14 +248,15 @@ def graft(base, tuned, task, sparsities, steps: int = _G.steps, lr: float = _G.l
     PEFT LoRA adapter (merged). task: task spec (path/dict/TaskSpec). ``select_limit``: items per split
     (train, validation) scoring the rounded mask after each step. ``eval_limit``: items of the eval split for
     the reported scores (None: all). ``out``: folder for graft.json, mask-s{s}.safetensors and, with
-    ``save_model``, model-s{s}/. ``progress(done, total)`` is called after every mask step (total: steps over
-    all sparsities).
+    ``save_model``, model-s{s}/. ``progress(done, total)`` (default: the progress channel, tunelens.progress) is
+    called after every mask step (total: steps over all sparsities), or with no mask steps after each sparsity.
     """
     from ..data import load_task
     from ..evaluate import CHOICE_TYPES
     from ..models import ModelHandle
 
     t0 = time.perf_counter()
+    progress = P.listener_or(progress)
     spec = load_task(task)
     sparsities = [float(s) for s in sparsities]
     if not sparsities or any(not 0.0 <= s <= 1.0 for s in sparsities):
@@ -330,8 +332,7 @@ def graft(base, tuned, task, sparsities, steps: int = _G.steps, lr: float = _G.l
             history.append({"step": step, "loss": loss, "selection_score": score, "kept": kept})
             if score > best_score:
                 best_score, best_step, best_mask = score, step, mask
-            if progress is not None:
-                progress(len(results) * steps + step, len(sparsities) * steps)
+            progress(len(results) * steps + step, len(sparsities) * steps)
         _apply(model, base_w, tuned_w, best_mask)
         if best_step == 0:
             loss_best = loss0  # the best mask is γ_base itself
@@ -359,6 +360,8 @@ def graft(base, tuned, task, sparsities, steps: int = _G.steps, lr: float = _G.l
                 tok.save_pretrained(folder)
                 row["model_dir"] = folder.name
         results.append(row)
+        if not steps:
+            progress(len(results), len(sparsities))
         _apply(model, base_w, tuned_w, None)
 
     result = {

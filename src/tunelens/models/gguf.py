@@ -15,7 +15,6 @@ import importlib.metadata
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from ..errors import ModelError, TunelensError
 from ..io import write_json
+from ..progress import log
 from .common import _one_line, _quiet, tunelens_home
 
 CONVERSION_MARKER = "tunelens_conversion.json"  # written last: a cached folder without it is not complete
@@ -99,11 +99,7 @@ def convert_gguf(gguf_path, *, loader=None) -> Path:
         try:
             t0 = time.perf_counter()
             if loader is None:
-                print(
-                    f"tunelens: converting {src.name} to a cached fp32 model folder (once; may take a minute) ...",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                log.info(f"tunelens: converting {src.name} to a cached fp32 model folder (once; may take a minute) ...")
                 from .. import models  # looked up on the package: replacing tunelens.models._load_gguf takes effect
 
                 model, tokenizer = models._load_gguf(src)

@@ -21,6 +21,7 @@ from .. import checks as C
 from ..audit import gate as G
 from ..audit.runner import decision_label, failed_suites, headline_rows
 from ..checks import BadSetting
+from .. import progress as P
 from ..progress import log
 from ..run.config import AuditSection as _AUDIT  # the re-audits' defaults are the audit's
 from ..errors import TunelensError, UnknownMetric, suggest
@@ -43,7 +44,8 @@ def _audit(base_handle, model_spec: str, specs, suites, limit, out: Path, memo: 
     check_tokenizers(base_handle, handle)
     ctx = AuditContext(base=base_handle, tuned=handle, tasks=specs, limit=limit, progress=progress, base_cache=memo,
                        judge=judge)
-    ledger = run_audit(ctx, suites=suites, out=out, resume=resume)
+    with P.reporting(None):  # the sweep reports candidates, not each re-audit's suites
+        ledger = run_audit(ctx, suites=suites, out=out, resume=resume)
     del handle, ctx
     return ledger
 
@@ -301,6 +303,7 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
     higher = directions(ref, axes)
     earlier = _earlier_rows(out) if resume else {}
     rows, taken, reused = [], set(), []
+    P.step(1, len(candidates) + 1)  # the reference row's audit, then one step per candidate
     for c in candidates:
         name = candidate_name(c, taken)
         opts = {k: v for k, v in c.items() if k not in ("method", "name")}
@@ -341,6 +344,7 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
             row["traceback"] = traceback.format_exc(limit=5)
             _say(progress, f"sweep: {name}: FAILED ({row['error']})")
         rows.append(row)
+        P.step(len(rows) + 1, len(candidates) + 1)
     pareto(rows, axes, higher)
     result = {"schema": SCHEMA, "axes": axes, "higher_is_better": higher, "rows": rows,
               "base": scores(ref, axes, side="base"), "tuned": scores(ref, axes), "base_model": base,

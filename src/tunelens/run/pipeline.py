@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 import traceback
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
@@ -22,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
+from .. import progress as P
 from ..errors import TunelensError
 from ..io import write_json
 from . import stages as S
@@ -234,12 +234,13 @@ def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> Non
     mark(folder, stage)  # what the folder is, for the commands that check (the tune's claim)
     run.mark(stage, status="pending", dir=rel, note=f"running since {_now()}", error=None, cached=False)
     ctx = S.StageContext(cfg=cfg, run_dir=run.run_dir, out=folder, base=cfg.model, tuned=run.tuned(),
-                         dirs={s: run.folder(s) for s in run.hashes}, step=disp.step, retry=retry)
+                         dirs={s: run.folder(s) for s in run.hashes}, retry=retry)
     t0 = time.perf_counter()
     run.ran.add(stage)
-    disp.start(stage, _poller(run, stage, folder))
+    disp.start(stage)
     try:  # the stage's own prints and warnings go to its log: the display is the one thing on screen
-        with open(folder / "stage.log", "a") as log, redirect_stdout(log), redirect_stderr(log):
+        with open(folder / "stage.log", "a") as log, redirect_stdout(log), redirect_stderr(log), \
+                P.reporting(disp.step):  # the stage's steps (tunelens.progress) drive the display
             result = S.FUNCS[stage](ctx) or {}
     except KeyboardInterrupt:
         run.mark(stage, note="interrupted; run the same command again to resume")
@@ -251,8 +252,6 @@ def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> Non
         run.mark(stage, status="failed", seconds=seconds, error=msg, note=None)
         disp.advance(stage, f"failed: {msg.splitlines()[0][:100] if msg else type(e).__name__}")
         return
-    finally:
-        disp.stop()
     seconds = round(time.perf_counter() - t0, 2)
     if stage == "audit":
         run.gate_failed = result.get("gate_failed") or []
@@ -294,42 +293,12 @@ def _restore_report(run: Run, folder: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- progress
 
 
-def _poller(run: Run, stage: str, folder: Path):
-    """(done, total) of the running stage, read from what it has written so far (None: unknown)."""
-    cfg = run.cfg
-
-    def tune():
-        steps = 0
-        log = folder / "train_log.jsonl"
-        if log.is_file():
-            lines = [l for l in log.read_text().splitlines() if l.strip()]
-            if lines:
-                steps = json.loads(lines[-1]).get("step", 0)
-        total = cfg.tune.get("max_steps") or -1
-        if total <= 0 and (folder / "run.json").is_file():
-            n = json.loads((folder / "run.json").read_text()).get("examples", {}).get("n", 0)
-            per = (cfg.tune.get("batch_size") or 8) * (cfg.tune.get("grad_accum") or 1)
-            total = max(1, int(-(-n * (cfg.tune.get("epochs") or 1.0) // per)))
-        return steps, total if total > 0 else None
-
-    def count(pattern: str, total: int):
-        return lambda: (len(list(folder.glob(pattern))), total)
-
-    return {"tune": tune, "audit": count("items/*.jsonl", len(cfg.audit.suite_names())),
-            "graft": count("mask-s*.safetensors", len(cfg.graft.sparsities)),
-            "repair": lambda: (len(list(folder.glob("candidates/*/audit/ledger.json")))  # and the tuned, audited first
-                               + (folder / "tuned" / "audit" / "ledger.json").is_file(),
-                               len(cfg.repair.candidates) + 1)}.get(stage)
-
-
 class Display:
     """One rich progress display: the stages (i/N) and the running stage's steps with the time left."""
 
     def __init__(self, n_stages: int, enabled: bool = True):
         self.n, self.i, self.enabled = n_stages, 0, enabled
         self.progress = None
-        self._stop = threading.Event()
-        self._thread = None
 
     def __enter__(self):
         if self.enabled:
@@ -346,39 +315,20 @@ class Display:
         return self
 
     def __exit__(self, *exc):
-        self.stop()
         if self.progress is not None:
             self.progress.stop()
 
-    def start(self, stage: str, poll) -> None:
+    def start(self, stage: str) -> None:
         self.i += 1
         if self.progress is None:
             return
         self.progress.reset(self.task, total=None, completed=0, visible=True,
                             description=f"[{self.i}/{self.n}] {stage}")
-        if poll is not None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._watch, args=(poll,), daemon=True)
-            self._thread.start()
-
-    def _watch(self, poll) -> None:
-        while not self._stop.wait(1.0):
-            try:
-                got = poll()
-            except (OSError, ValueError):
-                continue
-            if got:
-                self.step(*got)
 
     def step(self, done: int, total: int | None) -> None:
+        """A step of the running stage (its calls to tunelens.progress.step)."""
         if self.progress is not None:
             self.progress.update(self.task, completed=done, total=total)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
 
     def advance(self, stage: str, what: str) -> None:
         if self.progress is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..errors import TunelensError
 from .config import RunConfig
@@ -20,7 +19,6 @@ class StageContext:
     base: str  # the base model spec
     tuned: str | None  # the tuned model (the tune stage's model/ or the config's `tuned:`)
     dirs: dict[str, Path] = field(default_factory=dict)  # every stage's folder, for the report
-    step: Callable[[int, int], None] | None = None  # progress callback (done, total) for stages that report it
     retry: bool = False  # the folder holds an incomplete attempt: keep what succeeded, redo what failed
 
 
@@ -75,8 +73,7 @@ def diff_stage(ctx: StageContext) -> dict:
     from ..diff import diff_models
 
     d = ctx.cfg.diff
-    diff_models(ctx.base, ctx.tuned, out=ctx.out, rank=d.rank, rank_max_dim=d.rank_max_dim,
-                progress=ctx.step)
+    diff_models(ctx.base, ctx.tuned, out=ctx.out, rank=d.rank, rank_max_dim=d.rank_max_dim)
     return {}
 
 
@@ -95,7 +92,7 @@ def graft_stage(ctx: StageContext) -> dict:
     g = ctx.cfg.graft
     graft(ctx.base, ctx.tuned, graft_task(ctx.cfg), g.sparsities, steps=g.steps, lr=g.lr, examples=g.examples,
           batch_size=g.batch_size, out=ctx.out, seed=g.seed, include_embeddings=g.include_embeddings,
-          select_limit=g.select_limit, eval_limit=g.eval_limit, progress=ctx.step)
+          select_limit=g.select_limit, eval_limit=g.eval_limit)
     return {}
 
 

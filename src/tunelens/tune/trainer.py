@@ -26,6 +26,7 @@ from .. import __version__
 from ..errors import TunelensError
 from ..io import write_json
 from ..outdir import claim, put_back, set_aside
+from .. import progress as P
 from ..progress import log
 from .config import TuneConfig
 from .examples import IGNORE, build_examples, data_files, parse_mix
@@ -153,6 +154,14 @@ def checkpoint_problem(ckpt: Path) -> str | None:
         except Exception as e:  # noqa: BLE001 - any failure to read is damage
             return f"{f.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return None
+
+
+class StepProgress(TrainerCallback):
+    """Optimizer steps onto the progress channel (tunelens.progress), for whoever listens (the run display)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            P.step(state.global_step, state.max_steps or None)
 
 
 class JsonlLog(TrainerCallback):
@@ -337,7 +346,7 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
         model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=data_collator,
         compute_loss_func=loss_func,
         callbacks=[JsonlLog(out / "train_log.jsonl",
-                            resume_step=int(resume_from.name.split("-")[-1]) if resume_from else 0)],
+                            resume_step=int(resume_from.name.split("-")[-1]) if resume_from else 0), StepProgress()],
     )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
