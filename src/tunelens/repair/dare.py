@@ -8,22 +8,28 @@ read in. Rescale rᵢ: "inverse" 1/density (the paper; unbiased), "l1" ‖δᵢ�
 
 from __future__ import annotations
 
+# importing the registry must stay cheap: cli lists it in --help, so torch and the weights load where used
+
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import TunelensError
 from .core import Repair, RepairResult, register
 from .stream_merge import check_finite, check_fraction, check_weights, models_list, open_inputs, run_merge
 from .task_arithmetic import mix
 
+if TYPE_CHECKING:
+    import torch
+
 RESCALES = ("inverse", "l1", "none")
 
 
 def keep_mask(seed: int, name: str, index: int, shape, density: float) -> torch.Tensor:
     """Bernoulli(density) keep mask of one model's update of one tensor, from a generator seeded by all three."""
+    import torch
+
     digest = hashlib.sha256(f"{seed}\0{name}\0{index}".encode()).digest()
     gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
     return torch.rand(tuple(shape), generator=gen) < density

@@ -11,17 +11,20 @@ entries equal to it are kept in stream order until k are kept.
 
 from __future__ import annotations
 
+# importing the registry must stay cheap: cli lists it in --help, so torch and the weights load where used
+
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..diff.graft import eligible
 from ..errors import TunelensError
 from .core import Repair, RepairResult, register
 from .stream_merge import MergeInputs, open_inputs, run_merge
+
+if TYPE_CHECKING:
+    import torch
 
 MASK_FORMAT = "tunelens.graft.mask/1"
 
@@ -47,6 +50,7 @@ class MaskFile:
         self.names = names
 
     def mask(self, name: str) -> torch.Tensor:
+        import torch
         from safetensors import safe_open
 
         m = torch.zeros(math.prod(self.shapes[name]), dtype=torch.bool)
@@ -60,6 +64,8 @@ class MaskFile:
 
 def _abs_bits(inputs: MergeInputs, names: list[str]):
     """|Δ| of the tuned model as int32 float bits, slab by slab in merge order."""
+    import torch
+
     for name in names:
         info = inputs.base.tensors[name]
         fac = [inputs.sides[0].factor(name)]
@@ -82,6 +88,8 @@ def _numel(info, r0, r1) -> int:
 
 def top_threshold(inputs: MergeInputs, names: list[str], k: int) -> tuple[int, int]:
     """(bits t of the k-th largest |Δ|, how many entries equal to t are kept), for 0 < k ≤ N."""
+    import torch
+
     hist = torch.zeros(1 << 16, dtype=torch.int64)
     for bits, zeros in _abs_bits(inputs, names):
         hist += torch.bincount(bits >> 16, minlength=1 << 16)
@@ -98,6 +106,8 @@ def top_threshold(inputs: MergeInputs, names: list[str], k: int) -> tuple[int, i
 
 def _kth(hist: torch.Tensor, k: int) -> tuple[int, int]:
     """(bin holding the k-th largest entry, entries in higher bins)."""
+    import torch
+
     cum = hist.flip(0).cumsum(0)
     i = int(torch.searchsorted(cum, k))
     return len(hist) - 1 - i, int(cum[i - 1]) if i else 0
@@ -114,6 +124,10 @@ class Graft(Repair):
         include_embeddings: bool = False  # top-s mask: embeddings eligible too
 
     def run(self, base: str, tuned: str, out: Path, opts, *, progress: bool = True) -> RepairResult:
+        import torch
+
+        from ..diff.graft import eligible
+
         if (opts.mask is None) == (opts.sparsity is None):
             raise TunelensError("graft: give exactly one of option mask (a mask file from tunelens graft) or "
                                 "option sparsity (keep the top-s fraction of the update)")

@@ -8,17 +8,22 @@ C is never formed: C·L = V·(Vᵀ·L)/‖V‖_F. Full fine-tunes are projected 
 
 from __future__ import annotations
 
+# importing the registry must stay cheap: cli lists it in --help, so torch and the weights load where used
+
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import ModelError, TunelensError
 from ..io import atomic_open, write_json
-from ..weights import LoraAdapter, Weights, open_base, open_weights
 from .core import Repair, RepairResult, register
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..weights import LoraAdapter, Weights
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -36,6 +41,8 @@ class Projector:
     """C·L for one weight name at a time, from the aligned/unaligned pair (V cached per module while in use)."""
 
     def __init__(self, aligned: str, unaligned: str):
+        from ..weights import open_weights
+
         if not aligned:
             raise TunelensError("this repair needs the aligned reference model: pass --aligned MODEL "
                                 "(e.g. the model tuned on the built-in safety set)")
@@ -58,11 +65,15 @@ class Projector:
     @staticmethod
     def apply(v: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
         """C·L with C = V·Vᵀ/‖V‖_F, without forming the m×m matrix C."""
+        import torch
+
         return v @ (v.T @ left) / torch.linalg.norm(v)
 
 
 def factor_cosine(c_left: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> float | None:
     """cosine(flatten(C·L·R), flatten(L·R)) from r×r products only: ⟨X·R, Y·R⟩ = trace(Xᵀ·Y·R·Rᵀ)."""
+    import torch
+
     g = right @ right.T
     dot = torch.trace(c_left.T @ left @ g)
     n1, n2 = torch.trace(c_left.T @ c_left @ g), torch.trace(left.T @ left @ g)
@@ -72,6 +83,8 @@ def factor_cosine(c_left: torch.Tensor, left: torch.Tensor, right: torch.Tensor)
 
 
 def dense_cosine(x: torch.Tensor, y: torch.Tensor) -> float | None:
+    import torch
+
     nx, ny = torch.linalg.norm(x), torch.linalg.norm(y)
     if nx == 0 or ny == 0:
         return None
@@ -162,6 +175,10 @@ class SafeLoRA(Repair):
         k: int = 10
 
     def run(self, base, tuned, out, opts, *, progress=True) -> RepairResult:
+        import torch
+
+        from ..weights import open_weights
+
         check_tau(opts.tau)
         if opts.mode == "topk" and (not isinstance(opts.k, int) or opts.k < 1):
             raise TunelensError(f"safelora k = {opts.k!r}: give the number of modules to project (an integer ≥ 1)")
@@ -209,6 +226,8 @@ def _adapter_pass(adapter: LoraAdapter, proj: Projector, opts):
 
 def _model_pass(base: str, tuned: Weights, proj: Projector, opts):
     """Full fine-tunes: Δ = tuned − base per 2-D weight (embeddings and head excluded), projected directly."""
+    from ..weights import open_base
+
     tuned_ck, folder = tuned.ckpt, tuned.path
     base_ck = open_base(base).ckpt
     found = {}

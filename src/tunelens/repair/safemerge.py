@@ -14,16 +14,19 @@ The drift test is SafeLoRA's: cos(C·ΔW, ΔW) < τ with C from the aligned/unal
 
 from __future__ import annotations
 
+# importing the registry must stay cheap: cli lists it in --help, so torch and the weights load where used
+
 import math
 import re
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import TunelensError
-from ..weights import LoraModule, open_weights, unit_alpha
 from .core import Repair, RepairResult, register
 from .safelora import Projector, check_tau, copy_adapter, default_unaligned, factor_cosine, write_report
+
+if TYPE_CHECKING:
+    from ..weights import LoraModule
 
 
 def check_weights(weights) -> tuple[float, float]:
@@ -53,6 +56,8 @@ class SafeMerge(Repair):
         mode: str = "exact"  # exact (ΔW space) | peft (PEFT's factor-space linear merge)
 
     def run(self, base, tuned, out, opts, *, progress=True) -> RepairResult:
+        from ..weights import open_weights, unit_alpha
+
         check_tau(opts.tau)
         w = check_weights(opts.weights)
         if opts.mode not in ("exact", "peft"):
@@ -113,6 +118,8 @@ class SafeMerge(Repair):
 
 def _merge(mod: LoraModule, smod: LoraModule, tensors: dict, s_tensors: dict, w, mode: str):
     """New (A, B) raw PEFT factors for one module (ΔW = scale·B·A with scale 1)."""
+    import torch
+
     a1, b1 = tensors[mod.a_key].double(), tensors[mod.b_key].double()
     a2, b2 = s_tensors[smod.a_key].double(), s_tensors[smod.b_key].double()
     if a1.shape[1] != a2.shape[1] or b1.shape[0] != b2.shape[0]:

@@ -12,6 +12,8 @@ beside ``out`` and renamed into place at the end.
 
 from __future__ import annotations
 
+# importing the registry must stay cheap: cli lists it in --help, so torch and the weights load where used
+
 import json
 import math
 import os
@@ -19,12 +21,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import TunelensError
-from ..weights import Checkpoint, TensorInfo, Weights, check_fits, open_base, open_weights, same_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..weights import Checkpoint, TensorInfo, Weights
 
 SHARD_BYTES = 2 << 30  # output shard size
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".msgpack", ".h5")
@@ -32,7 +36,7 @@ _WEIGHT_INDEXES = (".safetensors.index.json", ".bin.index.json")
 
 # combine(name, base rows fp32, [δᵢ rows fp32 or None when model i leaves the tensor unchanged], r0)
 #   -> (merged rows fp32, {count: number}) — counts are summed over a tensor's slabs
-Combine = Callable[[str, torch.Tensor, list, int], "tuple[torch.Tensor, dict]"]
+Combine = Callable[[str, "torch.Tensor", list, int], "tuple[torch.Tensor, dict]"]
 
 
 @dataclass
@@ -68,11 +72,15 @@ class MergeInputs:
 
 
 def _work_dtype(info: TensorInfo) -> torch.dtype:
+    import torch
+
     return torch.float64 if info.torch_dtype == torch.float64 else torch.float32
 
 
 def open_inputs(base: str | None, tuned: str, models: list[str] | tuple = ()) -> MergeInputs:
     """Open the base and the fine-tunes; a LoRA adapter's base is taken from its config when ``base`` is None."""
+    from ..weights import check_fits, open_base, open_weights, same_model
+
     sides = [open_weights(spec, "tuned" if i == 0 else f"model {i} ({spec})")
              for i, spec in enumerate([tuned, *models])]
     notes: list[str] = []
@@ -110,6 +118,7 @@ def merge_to_folder(inputs: MergeInputs, out: Path, combine: Combine, *, whole_t
     """Write combine's result for every floating tensor of the base (other tensors are copied) to ``out``.
     ``whole_tensor``: hand combine whole tensors (methods whose choice depends on the whole tensor: top-k,
     per-tensor random masks), else row slabs. Returns one entry per tensor: name, shape, changed, counts."""
+    import torch
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -239,6 +248,8 @@ class ShardWriter:
 
     def write(self, name: str, part: torch.Tensor) -> None:
         """Append the next rows of ``name`` (tensors must come in plan order, each complete before the next)."""
+        import torch
+
         i = self.shard_of[name]
         if i != self.current:
             unfinished = self.current >= 0 and any(self.remaining[n] for n in self.shards[self.current])

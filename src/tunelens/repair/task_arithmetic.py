@@ -3,13 +3,17 @@ Also home of the weighted, optionally sign-elected sum of updates that TIES and 
 
 from __future__ import annotations
 
+# importing the registry must stay cheap: cli lists it in --help, so torch and the weights load where used
+
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .core import Repair, RepairResult, register
 from .stream_merge import check_finite, check_weights, models_list, open_inputs, run_merge
+
+if TYPE_CHECKING:
+    import torch
 
 
 def mix(base: torch.Tensor, deltas: list, weights: list[float], *, elect_sign: bool, normalize: bool,
@@ -18,6 +22,8 @@ def mix(base: torch.Tensor, deltas: list, weights: list[float], *, elect_sign: b
 
     elect_sign (TIES): per entry the sign of Σwᵢδᵢ wins (ties go to +) and only updates of that sign are summed;
     normalize: D = Σwᵢ over the summed updates (the disjoint mean), else D = 1. ``None`` updates are zero."""
+    import torch
+
     w = torch.tensor(weights, dtype=base.dtype).reshape(-1, *([1] * base.ndim))
     d = torch.stack([torch.zeros_like(base) if x is None else x for x in deltas]) * w
     if elect_sign:

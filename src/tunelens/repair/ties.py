@@ -4,18 +4,24 @@ updates that agree with it: θ = θ_base + λ·Σwᵢmᵢδᵢ / Σwᵢmᵢ."""
 
 from __future__ import annotations
 
+# importing the registry must stay cheap: cli lists it in --help, so torch and the weights load where used
+
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .core import Repair, RepairResult, register
 from .stream_merge import check_finite, check_fraction, check_weights, models_list, open_inputs, run_merge
 from .task_arithmetic import mix
 
+if TYPE_CHECKING:
+    import torch
+
 
 def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
     """δ with all but its top-k entries by magnitude zeroed, k = max(1, ⌊density·numel⌋)."""
+    import torch
+
     if density >= 1 or delta.numel() == 0:
         return delta
     k = max(1, int(density * delta.numel()))
@@ -37,6 +43,8 @@ class Ties(Repair):
         normalize: bool = True  # disjoint mean (divide by the weights of the agreeing updates)
 
     def run(self, base: str, tuned: str, out: Path, opts, *, progress: bool = True) -> RepairResult:
+        import torch
+
         models = models_list(opts.models)
         weights = check_weights(opts.weights, 1 + len(models))
         density = check_fraction(opts.density, "density")
