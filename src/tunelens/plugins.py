@@ -29,6 +29,17 @@ SUITES, REPAIRS, TUNING_METHODS = "tunelens.suites", "tunelens.repairs", "tunele
 _loaded: set[str] = set()  # groups already loaded (a plug-in importing another registry must not loop back)
 _failed: set[str] = set()  # plug-ins already reported: a TUNELENS_PLUGINS module is tried by all three registries
 
+def import_builtins(package: str, path, skip: tuple[str, ...] = ()) -> None:
+    """Import every module of a registry's own package (the folder `path`), so a built-in suite or method is a
+    new file there and nothing else: no import line to add. `skip`: modules that register nothing and are
+    costly to import."""
+    import pkgutil
+
+    for info in pkgutil.iter_modules(path):
+        if not info.name.startswith("_") and info.name not in skip:
+            importlib.import_module(f"{package}.{info.name}")
+
+
 def load(group: str) -> None:
     """Import the plug-ins of one registry (its entry-point group, then every TUNELENS_PLUGINS module): once per
     process, at the end of the registry package's import."""

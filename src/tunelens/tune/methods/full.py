@@ -8,4 +8,5 @@ from . import TuningMethod, register
 @register("full")
 class Full(TuningMethod):
     default_lr = 2e-5
+    rank = 20
     description = "every weight (saves a full model folder)"

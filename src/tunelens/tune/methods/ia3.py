@@ -9,6 +9,7 @@ from . import TuningMethod, register
 @register("ia3")
 class IA3(TuningMethod):
     default_lr = 3e-3
+    rank = 40
     description = "learned rescaling vectors (PEFT's defaults for the architecture)"
 
     def peft_config(self, cfg):

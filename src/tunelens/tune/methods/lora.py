@@ -8,6 +8,7 @@ from . import TuningMethod, register
 @register("lora")
 class LoRA(TuningMethod):
     default_lr = 2e-4
+    rank = 10
     description = "low-rank adapters (lora_r, lora_alpha, lora_dropout, target_modules)"
 
     def peft_config(self, cfg):

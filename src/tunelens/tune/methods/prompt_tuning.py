@@ -9,6 +9,7 @@ from . import TuningMethod, register
 @register("prompt-tuning")
 class PromptTuning(TuningMethod):
     default_lr = 3e-2
+    rank = 30
     description = "trainable virtual tokens (num_virtual_tokens)"
 
     def peft_config(self, cfg):
