@@ -371,14 +371,19 @@ def suites_cmd():
         typer.echo(f"{name:14s} {cls.description}" + ("" if cls.default else " (not default)"))
 
 
+# the two models of diff and graft (typer copies an option's declaration for each command that uses it)
+BASE_OF_ADAPTER = typer.Option(None, "--base", "-b", help="The model before fine-tuning (default: the base named by "
+                                                          "a --tuned adapter).")
+TUNED_CHECKPOINT = typer.Option(..., "--tuned", "-t", help="The fine-tuned model: a full checkpoint or a PEFT LoRA "
+                                                           "adapter.")
+
+
 @app.command("diff")
 @_friendly
 @cli_options(DiffSection)
 def diff_cmd(
-    base: Optional[str] = typer.Option(None, "--base", "-b", help="The model before fine-tuning (default: the "
-                                                                  "base named by a --tuned adapter)."),
-    tuned: str = typer.Option(..., "--tuned", "-t", help="The fine-tuned model: a full checkpoint or a PEFT "
-                                                         "LoRA adapter."),
+    base: Optional[str] = BASE_OF_ADAPTER,
+    tuned: str = TUNED_CHECKPOINT,
     other: Optional[str] = typer.Option(None, "--other", help="A second fine-tune of the same base: report the "
                                                               "overlap of the entries the two changed."),
     out: Path = typer.Option(Path("out/diff"), "--out", "-o", help="Folder for diff.json, diff_tensors.csv and "
@@ -387,12 +392,10 @@ def diff_cmd(
 ):
     """Where the fine-tune changed the weights: per-tensor fractions changed, norms, cosine and rank of the
     update, by layer and module, streamed tensor by tensor (full checkpoints or LoRA adapters)."""
+    from . import progress as P
     from .diff import diff_models
     from .diff.report import summary_lines
-
-    from . import progress as P
     from .outdir import claim
-
     from .settings import build
 
     d = build(DiffSection, settings)
@@ -409,10 +412,8 @@ def diff_cmd(
 @_friendly
 @cli_options(GraftSection)
 def graft_cmd(
-    base: Optional[str] = typer.Option(None, "--base", "-b", help="The model before fine-tuning (default: the "
-                                                                  "base named by a --tuned adapter)."),
-    tuned: str = typer.Option(..., "--tuned", "-t", help="The fine-tuned model: a full checkpoint or a PEFT "
-                                                         "LoRA adapter (merged)."),
+    base: Optional[str] = BASE_OF_ADAPTER,
+    tuned: str = TUNED_CHECKPOINT,
     task: str = typer.Option(..., "--task", help="Task spec (YAML), data file or built-in task name."),
     out: Path = typer.Option(Path("out/graft"), "--out", "-o", help="Folder for graft.json and the masks."),
     save_model: bool = typer.Option(False, "--save-model", help="Also save each grafted model (model-s{s}/)."),

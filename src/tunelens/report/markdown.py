@@ -42,20 +42,10 @@ def render_markdown(data: RunData) -> str:
         out += _table(["stage", "status", "seconds", "notes"],
                       [[n, st.status, C.fmt(st.seconds, digits=1), cell(st.why or (st.error if st.status == "incomplete" else "") or "")]
                        for n, st in data.stages.items()])
-    out += ["### Gains and costs", ""]
-    out += _suites(data)
-    out += ["### Flips", ""]
-    out += _flips(data)
-    out += ["### Safety: the judge and each category", ""]
-    out += _safety(data)
-    out += ["### Update location (diff)", ""]
-    out += _diff(data)
-    out += ["### Graft", ""]
-    out += _graft(data)
-    out += ["### Repair", ""]
-    out += _repair(data)
-    out += ["### Learning curve", ""]
-    out += _learning(data)
+    for title, section in (("Gains and costs", _suites), ("Flips", _flips),
+                           ("Safety: the judge and each category", _safety), ("Update location (diff)", _diff),
+                           ("Graft", _graft), ("Repair", _repair), ("Learning curve", _learning)):
+        out += [f"### {title}", ""] + section(data)
     return "\n".join(out).rstrip() + "\n"
 
 
