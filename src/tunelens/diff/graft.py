@@ -28,6 +28,7 @@ from .. import __version__
 from .. import progress as P
 from ..run.config import GraftSection as _G  # the defaults: `tunelens graft`'s and a run's graft section
 from ..errors import DataError, TunelensError
+from ..models.portable import make_portable, warn_unportable
 
 __all__ = ["graft", "eligible", "top_mask", "gain_recovered", "save_mask", "load_mask", "sparsity_tag", "SCHEMA"]
 
@@ -358,6 +359,7 @@ def graft(base, tuned, task, sparsities, steps: int = _G.steps, lr: float = _G.l
                 folder = out / f"model-s{tag}"
                 model.save_pretrained(folder)
                 tok.save_pretrained(folder)
+                warn_unportable(make_portable(folder))
                 row["model_dir"] = folder.name
         results.append(row)
         if not steps:

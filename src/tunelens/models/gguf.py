@@ -12,6 +12,7 @@ import contextlib
 import copy
 import hashlib
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from ..errors import ModelError, TunelensError
 from ..io import write_json
 from ..progress import log
 from .common import _one_line, _quiet, tunelens_home
+from .portable import READABLE_BY, make_portable, warn_unportable
 
 CONVERSION_MARKER = "tunelens_conversion.json"  # written last: a cached folder without it is not complete
 
@@ -79,7 +81,15 @@ def convert_gguf(gguf_path, *, loader=None) -> Path:
     if not src.is_file():
         raise ModelError(f"no such model path: {gguf_path}")
     out = gguf_cache_dir(src)
+    lock = out.parent / f".{out.name}.lock"
     if _conversion_complete(out):
+        if "portable" not in _read_marker(out):  # converted before tunelens wrote 4.x keys
+            try:
+                with _file_lock(lock):
+                    _make_cache_portable(out)
+            except OSError as e:  # a read-only cache still loads in 5.x
+                log.warning(f"tunelens: cannot add the transformers 4.x keys to {out} ({_one_line(e)}): "
+                            f"it is readable by transformers >= 5 only")
         return out
     parent = out.parent
     try:
@@ -88,8 +98,9 @@ def convert_gguf(gguf_path, *, loader=None) -> Path:
         raise ModelError(
             f"cannot create the model cache folder {parent}: {_one_line(e)} (set TUNELENS_HOME)"
         ) from None
-    with _file_lock(parent / f".{out.name}.lock"):
+    with _file_lock(lock):
         if _conversion_complete(out):  # another process finished it while we waited
+            _make_cache_portable(out)
             return out
         for stale in parent.glob(f".{out.name}.tmp-*"):  # leftovers of killed conversions (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
@@ -105,7 +116,7 @@ def convert_gguf(gguf_path, *, loader=None) -> Path:
                 model, tokenizer = models._load_gguf(src)
             else:
                 model, tokenizer = loader(src)
-            _save_dequantized(model, tokenizer, tmp)
+            note = _save_dequantized(model, tokenizer, tmp)
             del model
             st = src.stat()
             write_json(
@@ -116,6 +127,7 @@ def convert_gguf(gguf_path, *, loader=None) -> Path:
                     "source_fingerprint": out.name.rsplit("-", 1)[-1],
                     "seconds": round(time.perf_counter() - t0, 2),
                     "transformers": _transformers_version(),
+                    "portable": note or READABLE_BY,
                 },
             )
             _chmod_like_mkdir(tmp)
@@ -124,6 +136,29 @@ def convert_gguf(gguf_path, *, loader=None) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return out
+
+
+def _read_marker(folder: Path) -> dict:
+    try:
+        return json.loads((folder / CONVERSION_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _make_cache_portable(folder: Path) -> None:
+    """Give a cached conversion from before portable folders the transformers 4.x keys (caller holds the lock).
+
+    Patched in place rather than re-converted under a new cache key: each file is replaced atomically and 5.x reads
+    the old and the new config.json the same, so a process loading the folder meanwhile gets the same model, while
+    a new key would cost every machine a re-conversion (~40 s) and leave the old folder behind. The marker's
+    ``portable`` entry, written last, says it was done and which versions read the folder.
+    """
+    marker = _read_marker(folder)
+    if "portable" in marker:
+        return
+    note = make_portable(folder)
+    warn_unportable(note)
+    write_json(folder / CONVERSION_MARKER, {**marker, "portable": note or READABLE_BY})
 
 
 def _chmod_like_mkdir(folder: Path) -> None:
@@ -189,8 +224,9 @@ def _no_gguf_progress_bar():
         mod.tqdm = old
 
 
-def _save_dequantized(model, tokenizer, out_dir) -> None:
-    """Save a (GGUF-loaded, dequantized) model and its tokenizer as a plain fp32 safetensors HF folder.
+def _save_dequantized(model, tokenizer, out_dir) -> str | None:
+    """Save a (GGUF-loaded, dequantized) model and its tokenizer as a plain fp32 safetensors HF folder that
+    transformers 4.x reads too; returns :func:`~tunelens.models.portable.make_portable`'s note (None: it does).
 
     ``save_pretrained`` refuses GGUF-quantized models, so the model is rebuilt from its config without the
     quantization config, given the dequantized weights, re-tied, and saved.
@@ -220,3 +256,6 @@ def _save_dequantized(model, tokenizer, out_dir) -> None:
         tokenizer.save_pretrained(out_dir)
     if not any(out_dir.glob("*.safetensors")):  # pragma: no cover - transformers 5 always writes safetensors
         raise ModelError(f"converting the GGUF model wrote no safetensors file into {out_dir}")
+    note = make_portable(out_dir)
+    warn_unportable(note)
+    return note

@@ -152,6 +152,9 @@ def merge_to_folder(inputs: MergeInputs, out: Path, combine: Combine, *, whole_t
                     counts[k] = counts.get(k, 0) + v
             modules.append({"tensor": name, "shape": list(info.shape), "changed": changed, **counts})
         writer.close()
+        from ..models.portable import make_portable, warn_unportable
+
+        warn_unportable(make_portable(tmp))  # the base's config/tokenizer files, maybe as 5.x wrote them
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

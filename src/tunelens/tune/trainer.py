@@ -25,6 +25,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from .. import __version__
 from ..errors import TunelensError
 from ..io import write_json
+from ..models.portable import make_portable, warn_unportable
 from ..outdir import claim, put_back, set_aside
 from .. import progress as P
 from ..progress import log
@@ -356,6 +357,7 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         trainer.model.save_pretrained(staging, safe_serialization=True)
         tok.save_pretrained(staging)
+        warn_unportable(make_portable(staging))
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
