@@ -98,12 +98,16 @@ def make_tiny_llama(tokenizer, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    """Path of a saved tiny HF model folder (safetensors weights, tokenizer, chat template). Do not modify it."""
+    """Path of a saved tiny HF model folder (safetensors weights, tokenizer, chat template), portable as every
+    folder tunelens writes (tunelens.models.portable). Do not modify it."""
+    from tunelens.models.portable import make_portable
+
     out = tmp_path_factory.mktemp("tiny_model")
     tok = make_tiny_tokenizer()
     model = make_tiny_llama(tok)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    make_portable(out)
     return out
 
 
