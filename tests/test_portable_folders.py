@@ -229,13 +229,7 @@ def test_tiny_folder_reads_the_same_in_transformers_4(transformers4, tmp_path):
     model.config.rope_parameters = {"rope_type": "default", "rope_theta": ROPE_THETA}
     folder = tmp_path / "tunelens"
     assert _save_dequantized(model, tok, folder) is None  # tunelens's save path: made portable
-    got, err = _probe4(transformers4, folder, chat=False)
-    assert got is not None, err[-2000:]
-    want = _probe(folder, False, PROMPTS)
-    diff, same_greedy, same_ids = _compare(got, want)
-    print(f"tiny llama: transformers {got['transformers']} vs {want['transformers']}: max |logit diff| {diff:.3g}")
-    assert got["transformers"].startswith("4.") and got["rope_theta"] == ROPE_THETA
-    assert same_ids and same_greedy and diff <= 1e-4
+    want, diff = _reads_the_same(transformers4, folder, chat=False, label="tiny llama")
 
     # the folder as 5.x writes it: 4.x cannot load it, and with only the tokenizer fixed it falls back to 10000
     plain = tmp_path / "plain"
@@ -247,6 +241,19 @@ def test_tiny_folder_reads_the_same_in_transformers_4(transformers4, tmp_path):
     fallback, err = _probe4(transformers4, plain, chat=False)
     assert fallback is not None, err[-2000:]
     assert fallback["rope_theta"] == 10000.0 and _compare(fallback, want)[0] > 100 * diff
+
+
+def _reads_the_same(transformers4, folder, *, chat: bool, label: str):
+    """The folder read by transformers 4.x and by this one: same token ids, greedy tokens and logits (1e-4), and
+    4.x sees the folder's rope_theta. Returns this version's probe and the largest logit difference."""
+    got, err = _probe4(transformers4, folder, chat=chat)
+    assert got is not None, err[-2000:]
+    want = _probe(folder, chat, PROMPTS)
+    diff, same_greedy, same_ids = _compare(got, want)
+    print(f"{label}: transformers {got['transformers']} vs {want['transformers']}: max |logit diff| {diff:.3g}")
+    assert got["transformers"].startswith("4.") and got["rope_theta"] == ROPE_THETA
+    assert same_ids and same_greedy and diff <= 1e-4
+    return want, diff
 
 
 @pytest.mark.integration
@@ -261,10 +268,4 @@ def test_default_model_folder_reads_the_same_in_transformers_4(transformers4):
 
     _, folder = resolve_path("default")  # converts, or makes an older cached conversion portable
     assert json.loads((folder / CONVERSION_MARKER).read_text())["portable"] == "transformers 4.57+ and 5.x"
-    got, err = _probe4(transformers4, folder, chat=True)
-    assert got is not None, err[-2000:]
-    want = _probe(folder, True, PROMPTS)
-    diff, same_greedy, same_ids = _compare(got, want)
-    print(f"default model: transformers {got['transformers']} vs {want['transformers']}: max |logit diff| {diff:.3g}")
-    assert got["transformers"].startswith("4.") and got["rope_theta"] == ROPE_THETA
-    assert same_ids and same_greedy and diff <= 1e-4
+    _reads_the_same(transformers4, folder, chat=True, label="default model")
