@@ -8,9 +8,8 @@ TuneConfig's default, and a YAML section loads into the same class, whose `__pos
 
 A field made with `setting(default, "help", ...)` carries its CLI spelling in `metadata`:
   flag     the option name when it is not --field-name (e.g. "--lr" for learning_rate), short its one-letter alias
-  cli      False keeps a setting out of the command line (still settable in YAML and with --set)
+  cli      False keeps a setting out of the command line (still settable in YAML, and with `tune --set`)
   each     for a list: "repeat" (--task A --task B) or "comma" (--suites task,safety)
-  pairs    for a mapping: repeated KEY=VALUE options (--margin task.accuracy=0.02), VALUE read as a number
   says_default  the help text already states the default (it is not appended)
 """
 
@@ -19,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import types
 import typing
 from typing import Any, Optional
 
@@ -26,11 +26,11 @@ MISSING = dataclasses.MISSING
 
 
 def setting(default=MISSING, help: str = "", *, factory=None, flag: str | None = None, short: str | None = None,
-            cli: bool = True, each: str = "repeat", pairs: bool = False, metavar: str | None = None,
+            cli: bool = True, each: str = "repeat", metavar: str | None = None,
             says_default: bool = False):
     """A dataclass field that is also a documented, typed command-line option (see the module docstring)."""
-    meta = {"help": help, "flag": flag, "short": short, "cli": cli, "each": each, "pairs": pairs,
-            "metavar": metavar, "says_default": says_default}
+    meta = {"help": help, "flag": flag, "short": short, "cli": cli, "each": each, "metavar": metavar,
+            "says_default": says_default}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -68,7 +68,7 @@ def _option_type(hint):
     the field cannot be a plain option (a union of unrelated types)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     origin = typing.get_origin(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if len(args) != 1:
             return None
         hint = args[0]
@@ -104,7 +104,8 @@ def cli_options(cls, *, only: tuple[str, ...] | None = None, skip: tuple[str, ..
     unset=False: each option's default is the field's default (the same object), so the command's defaults
     cannot drift from the class. unset=True: the options default to None meaning "not given" (for commands
     that merge a YAML file under the flags, like `tune --config`), and the help text states the class default.
-    Mappings arrive as a list of "KEY=VALUE" strings; a comma list arrives as the strings given (see `split`).
+    A mapping field is a repeated KEY=VALUE option and arrives as that list of strings (see `parse_pairs`); a
+    comma list arrives as the text given (see `split`).
     """
     hints = typing.get_type_hints(cls)
     chosen = [f for f in dataclasses.fields(cls)

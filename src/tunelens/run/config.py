@@ -41,8 +41,7 @@ class AuditSection:
     full: bool = setting(False, "Run every item of every pool (no sequential stopping).")
     chunk: int = setting(32, "Items drawn between two looks of a sequential suite.")
     margins: dict = setting(help="Equivalence margin of a headline metric, METRIC=VALUE (e.g. task.accuracy=0.02, "
-                                 "or refusal_rate=0.1); default 0.05; repeatable.", factory=dict, flag="--margin",
-                            pairs=True)
+                                 "or refusal_rate=0.1); default 0.05; repeatable.", factory=dict, flag="--margin")
     # keep the base model's results for the next run (audit and repair re-audits): true = $TUNELENS_HOME/audit-base,
     # or a folder; off by default in a run config, so a run folder depends on nothing outside it (`tunelens audit`
     # keeps them by default: its --base-cache / --no-base-cache)
