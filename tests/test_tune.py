@@ -1,7 +1,8 @@
-"""tunelens.tune on tiny models: the loss, every method, mixtures, truncation, bad input, kill + resume, torchrun.
+"""tunelens.tune on tiny models: the loss, every method, mixtures, truncation, bad input, kill + resume, torchrun,
+accelerate launch.
 
 Everything runs on the 2-layer tiny Llama of conftest (CPU, a few seconds per test). The kill/resume and torchrun
-tests run tests/tune_worker.py in subprocesses.
+tests run tests/tune_worker.py in subprocesses; the accelerate test runs the tunelens CLI as a user does.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ WORKER = Path(__file__).with_name("tune_worker.py")
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 TORCHRUN = VENV_BIN / "torchrun" if (VENV_BIN / "torchrun").exists() else shutil.which("torchrun")
+ACCELERATE = VENV_BIN / "accelerate" if (VENV_BIN / "accelerate").exists() else shutil.which("accelerate")
 
 ANIMALS = ("cat", "dog")
 
@@ -552,7 +554,7 @@ def torchrun_run(tiny_model_dir, tmp_path_factory):
         proc = subprocess.run([str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                                "--master_port", str(free_port()), str(WORKER), json.dumps(spec)],
                               cwd=ROOT, env=worker_env(), stdout=f, stderr=subprocess.STDOUT, timeout=400)
-    return dict(out=out, log=log, returncode=proc.returncode, seconds=time.monotonic() - t0)
+    return dict(out=out, log=log, returncode=proc.returncode, seconds=time.monotonic() - t0, spec=spec)
 
 
 def test_torchrun_two_processes_stay_in_sync(torchrun_run):
@@ -581,6 +583,66 @@ def test_torchrun_checkpoints_hold_every_rank(torchrun_run):
         names = {p.name for p in ck.iterdir()}
         assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt", "trainer_state.json"} <= names, names
     assert not [p.name for p in out.iterdir() if p.name.startswith(".staging")]
+
+
+# ---------------------------------------------------------------------------------------------------- 8. accelerate launch
+
+
+@pytest.fixture(scope="module")
+def accelerate_run(torchrun_run, tmp_path_factory):
+    """The documented command, `accelerate launch --config_file examples/accelerate/multi_cpu.yaml -m tunelens
+    tune ...`, with the torchrun run's settings and data file: both are 2 processes under torch.distributed.run,
+    so the saved adapters should agree."""
+    if not ACCELERATE:
+        pytest.skip("accelerate's launcher is not installed")
+    spec = torchrun_run["spec"]
+    out = tmp_path_factory.mktemp("accelerate") / "out"
+    log = out.parent / "accelerate.log"
+    cmd = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "examples" / "accelerate" / "multi_cpu.yaml"),
+           "-m", "tunelens", "tune", "--model", spec["model"], "--data", spec["data"][0], "--out", str(out),
+           "--max-steps", str(spec["max_steps"]), "--batch-size", str(spec["batch_size"]),
+           "--save-steps", str(spec["save_steps"]), "--seed", str(spec["seed"]), "--lr", str(spec["learning_rate"]),
+           "--no-progress"]
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, env=worker_env(), stdout=f, stderr=subprocess.STDOUT, timeout=400)
+    return dict(out=out, log=log, returncode=proc.returncode, cmd=cmd)
+
+
+def test_accelerate_multi_cpu_matches_torchrun(accelerate_run, torchrun_run):
+    out, text = accelerate_run["out"], accelerate_run["log"].read_text()
+    assert accelerate_run["returncode"] == 0, text[-4000:]
+    assert torchrun_run["returncode"] == 0, torchrun_run["log"].read_text()[-4000:]
+    ckpts = sorted((out / "checkpoints").glob("checkpoint-*"))
+    assert [ck.name for ck in ckpts] == ["checkpoint-2", "checkpoint-4"]
+    for ck in ckpts:  # two processes trained: each saved its RNG state
+        assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in ck.iterdir()}, ck
+    saved = load_st(out / "model" / "adapter_model.safetensors")
+    reference = load_st(torchrun_run["out"] / "model" / "adapter_model.safetensors")
+    assert_tensors_close(saved, reference, 1e-6, "accelerate launch vs torchrun saved adapter")
+    assert any("lora_B" in k and saved[k].abs().max() > 0 for k in saved), "lora_B starts at 0: training must move it"
+    names = {p.name for p in (out / "model").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= names, names
+    assert "training_args.bin" not in names, "the model folder holds the model and tokenizer only"
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["train"]["global_step"] == 4
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4], "only rank 0 logs"
+
+
+def test_accelerate_output_is_read_by_diff_and_repair(accelerate_run, tiny_model_dir, tmp_path):
+    from tunelens.diff import diff_models
+    from tunelens.models import resolve_model
+    from tunelens.repair import repair
+
+    assert accelerate_run["returncode"] == 0, accelerate_run["log"].read_text()[-4000:]
+    final = accelerate_run["out"] / "model"
+    result = diff_models(str(tiny_model_dir), str(final), out=tmp_path / "diff")
+    assert result["tensors"] and result["summary"]["delta_fro"] > 0
+    assert (tmp_path / "diff" / "diff.json").is_file()
+    repaired = repair(str(tiny_model_dir), str(final), "interpolate", tmp_path / "repair", progress=False, alpha=0.5)
+    handle = resolve_model(str(repaired.out))
+    with torch.no_grad():
+        logits = handle.model(input_ids=torch.tensor([handle.tokenizer.encode("the cat sat")])).logits
+    assert torch.isfinite(logits).all()
 
 
 def test_resume_passes_over_a_damaged_checkpoint_and_names_it(tiny_model_dir, task, tmp_path, capsys):

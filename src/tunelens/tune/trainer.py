@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from .. import __version__
 from ..errors import TunelensError
@@ -236,6 +237,22 @@ def _prepare_out(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path | No
 
 
 
+def _check_saved_weights(folder: Path) -> None:
+    """Stop with the fix when the final save holds no weights, instead of renaming a folder that diff, repair and
+    eval cannot load. That happens when the sharded weights were not gathered: FSDP with a sharded state dict
+    (Trainer then saves nothing) or DeepSpeed ZeRO-3 without 16-bit gathering (Trainer writes a DeepSpeed
+    checkpoint and an empty state dict)."""
+    from safetensors import safe_open
+
+    for f in folder.glob("*.safetensors") if folder.is_dir() else ():
+        with safe_open(str(f), framework="pt") as st:
+            if list(st.keys()):
+                return
+    raise TunelensError(f"the final save in {folder} holds no weights: under FSDP set fsdp_state_dict_type: "
+                        "FULL_STATE_DICT, under DeepSpeed ZeRO-3 set zero3_save_16bit_model: true "
+                        "(examples/accelerate/ has both)")
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -352,10 +369,16 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     final = out / MODEL_DIR
+    staging = out / f".{MODEL_DIR}.tmp"
     if trainer.is_world_process_zero():
-        staging = out / f".{MODEL_DIR}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        trainer.model.save_pretrained(staging, safe_serialization=True)
+    # Every rank calls save_model: under FSDP (full state dict) and DeepSpeed ZeRO-3 the weights are sharded, and
+    # save_model gathers them (a collective) before the main process alone writes one whole model or adapter.
+    # One process and DDP get the plain save_pretrained.
+    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        _check_saved_weights(staging)
+        (staging / TRAINING_ARGS_NAME).unlink(missing_ok=True)  # a pickle of the arguments; run.json has them
         tok.save_pretrained(staging)
         warn_unportable(make_portable(staging))
         if final.exists():
