@@ -115,20 +115,27 @@ def tiny_model_dir(tmp_path_factory):
 def tiny_adapter_dir(tiny_model_dir, tmp_path_factory):
     """Path of a PEFT LoRA adapter (random, nonzero B: it changes the outputs) on ``tiny_model_dir``;
     its adapter_config names tiny_model_dir as base. No tokenizer in the folder."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from peft import LoraConfig
 
-    out = tmp_path_factory.mktemp("tiny_adapter")
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     config = LoraConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
     )
-    torch.manual_seed(1)
+    return save_random_lora(tiny_model_dir, tmp_path_factory.mktemp("tiny_adapter"), config, seed=1)
+
+
+def save_random_lora(base_dir, out, config, seed: int):
+    """A PEFT adapter of `config` (init_lora_weights=False: random, nonzero B) on the model in `base_dir`, saved
+    to `out` with its adapter_config naming base_dir as the base; returns `out`."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    torch.manual_seed(seed)
     with warnings.catch_warnings():  # transformers deprecation noise raised inside peft
-        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore")
         peft_model = get_peft_model(base, config)
-        peft_model.peft_config["default"].base_model_name_or_path = str(tiny_model_dir)
+        peft_model.peft_config["default"].base_model_name_or_path = str(base_dir)
         peft_model.save_pretrained(out)
     return out
 

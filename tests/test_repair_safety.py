@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import save_random_lora
 from tunelens.errors import TunelensError
 from tunelens.repair import repair
 
@@ -31,19 +32,11 @@ def _perturbed(src, out, seed, scale=0.05, names=MODULES):
 
 
 def _adapter(base_dir, out, seed, r=4, alpha=8):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from peft import LoraConfig
 
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    torch.manual_seed(seed)
     cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(MODULES), init_lora_weights=False,
                      task_type="CAUSAL_LM")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pm = get_peft_model(model, cfg)
-        pm.peft_config["default"].base_model_name_or_path = str(base_dir)
-        pm.save_pretrained(out)
-    return out
+    return save_random_lora(base_dir, out, cfg, seed)
 
 
 def _factors(folder):

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from conftest import save_random_lora
 from tunelens.weights import LoraAdapter, checkpoint, lora_scale, open_base, open_weights, unit_alpha
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -28,21 +29,12 @@ def sharded_dir(tiny_model_dir, tmp_path_factory):
 def rslora_adapter_dir(tiny_model_dir, tmp_path_factory):
     """An rsLoRA adapter with a per-module alpha, on linear layers and on the (tied) embedding, whose base
     embedding PEFT saves beside its factors."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from peft import LoraConfig
 
-    out = tmp_path_factory.mktemp("rslora_adapter")
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     config = LoraConfig(r=4, lora_alpha=6, use_rslora=True, alpha_pattern={"up_proj": 3},
                         target_modules=["q_proj", "up_proj", "embed_tokens"], init_lora_weights=False,
                         task_type="CAUSAL_LM")
-    torch.manual_seed(2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = get_peft_model(base, config)
-        model.peft_config["default"].base_model_name_or_path = str(tiny_model_dir)
-        model.save_pretrained(out)
-    return out
+    return save_random_lora(tiny_model_dir, tmp_path_factory.mktemp("rslora_adapter"), config, seed=2)
 
 
 def _merged(base_dir, adapter_dir) -> dict[str, torch.Tensor]:
