@@ -4,7 +4,7 @@ it decides how that is shown.
 Why: progress used to travel four ways — tqdm flags, `(done, total)` callbacks passed down by hand, the run
 pipeline polling files a stage had written, and prints — so each new stage had to pick one and the pipeline's
 display could only guess (counting `items/*.jsonl`). Now the work calls `step()`; the CLI turns that into a
-tqdm bar (`bar`), the pipeline into its rich display (`reporting(display.step)`), and a library caller into
+tqdm bar (`Bar`), the pipeline into its rich display (`reporting(display.step)`), and a library caller into
 whatever it passes to `reporting` — or nothing, when no one listens. Messages go to the "tunelens" logger, which
 writes to the *current* sys.stderr (so the pipeline's per-stage log and pytest's capture see them) unless the
 caller configures logging itself.
@@ -47,14 +47,12 @@ def reporting(listener: Optional[Step]) -> Iterator[None]:
         _listener.reset(token)
 
 
-def bar(desc: str, unit: str = "step", scale: float = 1.0, enabled: bool = True) -> "Bar":
-    """A tqdm bar fed by `step()` (use as `with reporting(b := bar(...)): ...; b.close()`); `scale` divides the
-    units (bytes shown as GB with scale=1e9)."""
-    return Bar(desc, unit, scale, enabled)
-
-
 class Bar:
-    def __init__(self, desc: str, unit: str, scale: float, enabled: bool):
+    """A tqdm bar fed by `step()` (use as `b = Bar(...)`, `with reporting(b): ...`, `b.close()`); `scale` divides
+    the units (bytes shown as GB with scale=1e9). It opens on the first step, so a run that reports nothing
+    shows no bar."""
+
+    def __init__(self, desc: str, unit: str = "step", scale: float = 1.0, enabled: bool = True):
         self.desc, self.unit, self.scale, self.enabled = desc, unit, scale, enabled
         self._bar = None
 
@@ -97,17 +95,6 @@ def _setup() -> None:
 
 
 _setup()
-
-
-@contextmanager
-def quiet_messages(level: int = logging.WARNING) -> Iterator[None]:
-    """Only messages at `level` or above inside this block (the pipeline's display stands in for the rest)."""
-    old = log.level
-    log.setLevel(level)
-    try:
-        yield
-    finally:
-        log.setLevel(old)
 
 
 def listener_or(callback: Optional[Callable[[int, int], None]]) -> Callable[[int, Optional[int]], None]:
