@@ -204,9 +204,9 @@ def audit_cmd(
     4 a gate inconclusive."""
     from .audit import AuditContext, check_tokenizers, run_audit
     from .audit.base_store import attach
+    from .data import load_checked_tasks
     from .models import resolve_model
     from .outdir import claim
-    from .run.config import AuditSection, DiffSection, EvalSettings, GraftSection
     from .settings import build, split
 
     if lm_eval:  # before minutes of loading models
@@ -215,7 +215,7 @@ def audit_cmd(
         require_lm_eval()
     a = build(AuditSection, {**settings, "suites": split(settings["suites"]),
                              "margins": parse_margins(settings["margins"])})
-    specs = checked_tasks(a.tasks)
+    specs = load_checked_tasks(a.tasks)  # bad rows and template fields are named before the models load
     from .audit import gate as G
 
     for g in a.gate:  # a malformed gate fails before models load and suites run
@@ -248,17 +248,6 @@ def audit_cmd(
     code = gate_exit(ledger)
     if code:
         raise typer.Exit(code)
-
-
-def checked_tasks(names: list[str]) -> list:
-    """The task specs, each with its rows and template fields checked before any model loads (a bad row is
-    named by file and line now, not minutes later)."""
-    from .data import load_items, load_task
-
-    specs = [load_task(t) for t in names]
-    for spec in specs:
-        load_items(spec, spec.eval_split)
-    return specs
 
 
 def parse_margins(items: list[str] | None) -> dict[str, float]:
@@ -399,7 +388,7 @@ def diff_cmd(
     from .settings import build
 
     d = build(DiffSection, settings)
-    bar = P.bar("diff", unit="GB", scale=1e9, enabled=sys.stderr.isatty())
+    bar = P.Bar("diff", unit="GB", scale=1e9, enabled=sys.stderr.isatty())
     with claim(out, "diff"), P.reporting(bar):
         result = diff_models(base, tuned, other=other, out=out, rank=d.rank, rank_max_dim=d.rank_max_dim)
     bar.close()
@@ -433,7 +422,7 @@ def graft_cmd(
     from . import progress as P
     from .outdir import claim
 
-    bar = P.bar("graft", unit="step" if g.steps else "sparsity")
+    bar = P.Bar("graft", unit="step" if g.steps else "sparsity")
     with claim(out, "graft"), P.reporting(bar):
         result = graft(base, tuned, task, g.sparsities, steps=g.steps, lr=g.lr, examples=g.examples,
                        batch_size=g.batch_size, out=out, save_model=save_model, seed=g.seed,

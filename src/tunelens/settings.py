@@ -162,6 +162,14 @@ def cli_options(cls, *, only: tuple[str, ...] | None = None, skip: tuple[str, ..
     return decorate
 
 
+def unknown_key(key: str, valid, where: str = ""):
+    """The error for a key no settings class has: "unknown key 'x'" with the closest valid one, else the list."""
+    from .errors import TunelensError, suggest
+
+    return TunelensError(f"{where}unknown key '{key}'" + suggest(key, valid, f"; valid keys: {', '.join(valid)}",
+                                                                 cutoff=0.5))
+
+
 def load_section(cls, raw, name: str = "", where: str = "", lines: dict | None = None, *,
                  line_of_unknown: bool = False):
     """A YAML mapping loaded into settings class `cls` (a run config's section `name`, or a whole file when
@@ -169,7 +177,7 @@ def load_section(cls, raw, name: str = "", where: str = "", lines: dict | None =
     names the file, the key's line, the section and what the value must be (`cls.__post_init__`'s checks).
     `where`: the message prefix naming the file ("run.yaml: "); `lines`: its keys' lines (checks.key_lines)."""
     from . import checks as C
-    from .errors import TunelensError, suggest
+    from .errors import TunelensError
 
     lines = lines or {}
     if raw is None:
@@ -182,10 +190,7 @@ def load_section(cls, raw, name: str = "", where: str = "", lines: dict | None =
     for key in raw:
         if key not in valid:
             at = C.at_line(where, lines.get(dotted(key))) if line_of_unknown else where
-            shown_valid = [dotted(v) for v in valid]
-            raise TunelensError(f"{at}unknown key '{dotted(key)}'"
-                                + suggest(dotted(key), shown_valid, f"; valid keys: {', '.join(shown_valid)}",
-                                          cutoff=0.5))
+            raise unknown_key(dotted(key), [dotted(v) for v in valid], at)
     try:
         return cls(**raw)
     except C.BadSetting as e:

@@ -7,6 +7,7 @@ from .tasks import (
     TaskSpec,
     fewshot_examples,
     list_builtin_tasks,
+    load_checked_tasks,
     load_items,
     load_task,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "fewshot_examples",
     "instruction",
     "list_builtin_tasks",
+    "load_checked_tasks",
     "load_items",
     "load_task",
     "render_prompt",

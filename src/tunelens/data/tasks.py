@@ -355,6 +355,15 @@ def load_items(spec: str | Path | dict | TaskSpec, split: str) -> list[Item]:
     return items
 
 
+
+def load_checked_tasks(names) -> list[TaskSpec]:
+    """The task specs, each with its eval split's rows and template fields checked, so a bad row is named by
+    file and line before any model loads or any tuning starts, not minutes later."""
+    specs = [load_task(t) for t in names]
+    for spec in specs:
+        load_items(spec, spec.eval_split)
+    return specs
+
 def _split_rows(spec: TaskSpec, split: str, read) -> tuple[list[Row], str]:
     where = spec.path or spec.name
     if isinstance(spec.data, dict):

@@ -13,7 +13,7 @@ from .. import checks as C
 from ..checks import BadSetting
 from ..errors import TunelensError, suggest
 from ..judge import DEFAULT as DEFAULT_JUDGE
-from ..settings import load_section, setting
+from ..settings import load_section, setting, unknown_key
 
 STAGES = ("tune", "audit", "diff", "graft", "repair", "report")
 # tune settings the pipeline owns: where the run goes and how it is resumed and displayed
@@ -231,17 +231,12 @@ class RunConfig:
         return load_config(model=self.model, out=str(out), resume=True, progress=progress, **self.tune)
 
 
-def _unknown(key, valid, where: str) -> TunelensError:
-    return TunelensError(f"{where}unknown key '{key}'" + suggest(key, valid, f"; valid keys: {', '.join(valid)}",
-                                                                 cutoff=0.5))
-
-
 def _stages(raw, where: str) -> list[str]:
     """`stages:` as a list of the stages to run, or a mapping stage -> true/false."""
     if isinstance(raw, dict):
         for k in raw:
             if k not in STAGES:
-                raise _unknown(f"stages.{k}", [f"stages.{s}" for s in STAGES], where)
+                raise unknown_key(f"stages.{k}", [f"stages.{s}" for s in STAGES], where)
         return [s for s in STAGES if raw.get(s, True)]
     if isinstance(raw, str):
         raw = [s.strip() for s in raw.split(",") if s.strip()]
@@ -267,7 +262,7 @@ def _check_tune(raw, where: str, lines: dict) -> dict:
                 raise TunelensError(f"{where}'tune.{key}' is set by the pipeline; "
                                     + ("name the base model with the top-level 'model:' key" if key == "model" else
                                        "remove it"))
-            raise _unknown(f"tune.{key}", [f"tune.{v}" for v in valid], where)
+            raise unknown_key(f"tune.{key}", [f"tune.{v}" for v in valid], where)
     try:
         TuneConfig(**raw)  # its own checks: every value's type and range, method, data present
     except BadSetting as e:
@@ -297,11 +292,11 @@ def _check_candidates(section: RepairSection, where: str) -> None:
         options.update(c)
         if R is not None and R.REPAIRS:
             if method not in R.REPAIRS:
-                raise _unknown(method, sorted(R.REPAIRS), f"{where}repair.candidates[{i}]: method: ")
+                raise unknown_key(method, sorted(R.REPAIRS), f"{where}repair.candidates[{i}]: method: ")
             valid = [f.name for f in dataclasses.fields(R.get(method).Options)]
             for key in options:
                 if key not in valid:
-                    raise _unknown(f"repair.candidates[{i}].{key}", [f"repair.candidates[{i}].{v}" for v in valid],
+                    raise unknown_key(f"repair.candidates[{i}].{key}", [f"repair.candidates[{i}].{v}" for v in valid],
                                    where)
         if name in names:
             raise TunelensError(f"{where}two repair candidates are named '{name}'; give one a different 'name:'")
@@ -323,7 +318,7 @@ def parse_config(raw: dict, where: str = "", lines: dict | None = None) -> RunCo
     valid = [f.name for f in dataclasses.fields(RunConfig)]
     for key in raw:
         if key not in valid:
-            raise _unknown(key, valid, where)
+            raise unknown_key(key, valid, where)
     cfg = RunConfig(
         model=str(raw.get("model") or "default"),
         tuned=None if raw.get("tuned") is None else str(raw["tuned"]),

@@ -178,15 +178,13 @@ def _preflight(cfg: RunConfig) -> None:
             raise TunelensError(f"unknown audit suite '{suite}'" + suggest(suite, SUITES, f"; suites: {', '.join(SUITES)}"))
     for g in cfg.audit.gate:
         G.validate(g)
-    from ..data import load_items, load_task
+    from ..data import load_checked_tasks
 
     try:
         tasks = cfg.audit_tasks()
     except TunelensError:
         tasks = []  # reported by the stage that needs them
-    for t in tasks:  # bad rows and template fields, before minutes of tuning
-        spec = load_task(t)
-        load_items(spec, spec.eval_split)
+    load_checked_tasks(tasks)  # bad rows and template fields, before minutes of tuning
 
 
 def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> None:
