@@ -24,6 +24,8 @@ from ..checks import BadSetting
 from .. import progress as P
 from ..progress import log
 from ..run.config import AuditSection as _AUDIT  # the re-audits' defaults are the audit's
+from ..run.config import SweepFile
+from ..settings import load_section
 from ..errors import TunelensError, UnknownMetric, suggest
 from ..io import atomic_open, write_json
 
@@ -210,9 +212,6 @@ def load_sweep_file(path: str | Path) -> dict:
     run.config.SweepFile (the one definition of its keys, types and defaults), so an unknown key is an error with
     the closest valid one (a typo `limt: 2` would otherwise audit every item), and a syntax error or a bad value
     names the file and the key's line. Returns the file's mapping as written (SweepFile(**it) adds defaults)."""
-    from ..run.config import SweepFile
-    from ..settings import load_section
-
     path = Path(path)
     if not path.is_file():
         raise TunelensError(f"no such sweep file: {path}")
