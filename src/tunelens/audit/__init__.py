@@ -10,9 +10,9 @@ from .core import SUITES, AuditContext, Suite, SuiteResult, register
 
 plugins.import_builtins(__name__, __path__)
 
-from .runner import DEFAULT_SUITES, LEDGER_SCHEMA, check_tokenizers, run_audit
+from .runner import LEDGER_SCHEMA, check_tokenizers, run_audit
 
-__all__ = ["SUITES", "AuditContext", "Suite", "SuiteResult", "register", "DEFAULT_SUITES", "LEDGER_SCHEMA",
+__all__ = ["SUITES", "AuditContext", "Suite", "SuiteResult", "register", "LEDGER_SCHEMA",
            "check_tokenizers", "run_audit"]
 
 plugins.load(plugins.SUITES)  # last: a plug-in imports the names above

@@ -204,7 +204,7 @@ class Suite:
     name = "suite"
     description = ""
     sequential = True  # draws items in chunks until its headline metrics are decided (no headline: runs once)
-    default = True  # runs when no suites are named (runner.default_suites); False: only when asked for
+    default = True  # runs when no suites are named (default_suites); False: only when asked for
     rank = 100  # place in the default audit and in listings (built-ins 10..80): the ledger's order
     #: extra columns of the suite's table in the report, after the metric: (header, entry field) pairs
     report_columns: tuple[tuple[str, str], ...] = ()

@@ -28,8 +28,6 @@ from .core import SUITES, AuditContext, Headline, SuiteResult, default_suites, e
 
 LEDGER_SCHEMA = "tunelens.ledger/2"  # 2: typed entries with roles, confidence sequences, decisions, verdict
 DEFAULT_MARGIN = 0.05  # equivalence margin of a headline delta: 5 points of a rate, 0.05 nats of a loss
-DEFAULT_SUITES = ("task", "safety", "over_refusal", "forgetting", "context", "robustness", "compatibility",
-                  "calibration")  # the built-in default audit; run_audit asks core.default_suites(), which adds plug-ins
 
 
 def check_tokenizers(base, tuned, allow_mismatch: bool = False) -> None:
