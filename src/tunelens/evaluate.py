@@ -96,6 +96,9 @@ def evaluate(
                         batch_size=batch_size, progress=progress, desc=f"{spec.name} [{split}]")
         records = [_generation_record(it, p, g) for it, p, g in zip(items, prompts, gens)]
         summary = generation_metrics(records, n_boot=n_boot, seed=seed) if summarize else {}
+    elif spec.type == "preference":
+        raise TunelensError(f"task '{spec.name}' holds preference pairs: audit it with the preference suite "
+                            f"(`tunelens audit --suites preference --task ...`), or tune on it (--objective dpo)")
     else:
         raise TunelensError(f"task '{spec.name}' is of type '{spec.type}', which is for training; "
                             "evaluate a multiple_choice, classification or generation task")

@@ -20,7 +20,7 @@ class CalibrationSuite(Suite):
         specs = [s for s in ctx.tasks if s.type in CHOICE_TYPES] or [load_task("general-knowledge")]
         entries = []
         for spec in specs:
-            prefix = f"{spec.name}." if len(specs) > 1 or not ctx.tasks else ""
+            prefix = f"{spec.name}." if len(specs) > 1 or not ctx.eval_tasks else ""
             entries += [e for e in task_entries(ctx, spec, eval_both(ctx, spec), prefix)
                         if e.metric.split(".")[-1] in CALIBRATION_METRICS]
         return SuiteResult([], entries)

@@ -48,7 +48,7 @@ class CompatibilitySuite(Suite):
         return [r for r in records if r.get("flip") == "negative"]
 
     def run(self, ctx: AuditContext) -> SuiteResult:
-        specs = ctx.tasks or [load_task("general-knowledge")]
+        specs = ctx.eval_tasks or [load_task("general-knowledge")]
         entries, records = [], []
         for spec in specs:
             res = eval_both(ctx, spec)
@@ -70,7 +70,7 @@ class CompatibilitySuite(Suite):
                                         "delta": r1[GEN_METRIC] - r0[GEN_METRIC],
                                         "base": r0["output"], "tuned": r1["output"]})
             n = flips.pop("n")
-            prefix = f"{spec.name}." if len(specs) > 1 or not ctx.tasks else ""
+            prefix = f"{spec.name}." if len(specs) > 1 or not ctx.eval_tasks else ""
             for name, v in flips.items():
                 # a flip rate of base against itself is 0 by definition: the delta is the rate itself
                 entries.append(value_entry(prefix + name, 0.0, v, n=n, task=spec.name,

@@ -112,6 +112,12 @@ class AuditContext:
     def models(self):
         return (("base", self.base), ("tuned", self.tuned))
 
+    @property
+    def eval_tasks(self) -> list:
+        """The user's tasks the task-scoring suites evaluate: all but preference pairs, which only the preference
+        suite reads (a pair has no single right answer to score)."""
+        return [s for s in self.tasks if s.type != "preference"]
+
     def cached(self, key, fn: Callable):
         if key not in self.cache:
             self.cache[key] = fn()

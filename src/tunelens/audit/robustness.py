@@ -56,12 +56,12 @@ class RobustnessSuite(Suite):
     def _specs(ctx: AuditContext) -> tuple[list[tuple], list[str]]:
         """[(spec, source)] with source "spec" (its own paraphrases), "generated" (none: generic rewrites) or
         "builtin" (no --task: the demo task), and the notes on the tasks left out."""
-        if not ctx.tasks:
+        if not ctx.eval_tasks:
             return [(load_task(BUILTIN_TASK), "builtin")], [
                 f"no --task given: this suite ran on the built-in {BUILTIN_TASK} demo task and its own paraphrases, "
                 "not on a task of the tuned model"]
         specs, notes = [], []
-        for s in ctx.tasks:
+        for s in ctx.eval_tasks:
             if s.type not in CHOICE_TYPES:
                 notes.append(f"{s.name}: a {s.type} task; robustness covers choice tasks only")
             elif s.template is None or ("bridged", s.name) in ctx.cache:

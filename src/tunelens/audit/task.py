@@ -20,15 +20,17 @@ class TaskSuite(Suite):
             None)
 
     def headline_count(self, ctx: AuditContext) -> int:
-        return len(ctx.tasks)
+        return len(ctx.eval_tasks)
 
     def run(self, ctx: AuditContext) -> SuiteResult:
-        if not ctx.tasks:
-            return SuiteResult([], [], ["no --task given; nothing to compare"])
+        tasks = ctx.eval_tasks
+        if not tasks:
+            return SuiteResult([], [], ["no --task given; nothing to compare" if not ctx.tasks else
+                                        "only preference tasks given: the preference suite audits them"])
         records, entries, headline = [], [], []
-        for spec in ctx.tasks:
+        for spec in tasks:
             res = eval_both(ctx, spec)
-            prefix = f"{spec.name}." if len(ctx.tasks) > 1 else ""
+            prefix = f"{spec.name}." if len(tasks) > 1 else ""
             entries += task_entries(ctx, spec, res, prefix)
             headline.append(task_headline(spec, res, pool_size(ctx, spec), prefix))
             rows = side_by_side(spec, res)

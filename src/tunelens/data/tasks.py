@@ -49,12 +49,14 @@ from ..checks import key_lines, read_yaml
 from ..errors import DataError, suggest
 from .readers import DATA_SUFFIXES, Row, is_hf, read_source
 
-TASK_TYPES = ("multiple_choice", "classification", "generation", "chat")
+TASK_TYPES = ("multiple_choice", "classification", "generation", "chat", "preference", "text")
 TYPE_FIELDS = {
     "multiple_choice": ("question", "choices", "answer"),
     "classification": ("text", "label"),
     "generation": ("prompt", "references", "context"),
     "chat": ("messages",),
+    "preference": ("prompt", "chosen", "rejected"),  # a prompt and two replies, the first preferred (DPO, audit)
+    "text": ("text",),  # raw documents (continued pretraining)
 }
 OPTIONAL_FIELDS = {"context"}
 ROLES = ("system", "user", "assistant")
@@ -64,6 +66,8 @@ DEFAULT_TEMPLATES = {
     "classification": "{text}\n\nClassify the text above as one of: {choices}.\nLabel:",
     "generation": "{context}\n\n{prompt}",  # leading blank lines are dropped when there is no context
     "chat": None,
+    "preference": "{prompt}",
+    "text": None,
 }
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 # what the renderer fills in: {{ and }} (literal braces) and {name}; check_template allows nothing else
@@ -81,6 +85,17 @@ class Item:
     context: str | None = None
     messages: list[dict] | None = None
     source: str = ""  # "path:line"
+
+
+class ItemList(list):
+    """load_items' answer: the items, and the sources ("path:line") of the rows it skipped (`skipped`): preference
+    pairs whose two replies are the same text, which carry no preference to learn or to measure."""
+
+    skipped: list[str]
+
+    def __init__(self, items=(), skipped=()):
+        super().__init__(items)
+        self.skipped = list(skipped)
 
 
 @dataclass
@@ -163,15 +178,20 @@ def _spec_for_data_file(path: Path) -> TaskSpec:
     columns = set().union(*(r.values for r in rows))
     if "messages" in columns:
         task_type = "chat"
+    elif {"prompt", "chosen", "rejected"} <= columns:
+        task_type = "preference"
     elif {"question", "choices", "answer"} <= columns:
         task_type = "multiple_choice"
     elif {"text", "label"} <= columns:
         task_type = "classification"
     elif {"prompt", "references"} <= columns:
         task_type = "generation"
+    elif "text" in columns:
+        task_type = "text"
     else:
         raise DataError(f"cannot tell the task type from the columns ({', '.join(sorted(columns))}): expected "
-                        "question/choices/answer, text/label, prompt/references or messages; write a task "
+                        "question/choices/answer, text/label, prompt/references, prompt/chosen/rejected, text "
+                        "or messages; write a task "
                         "YAML with `fields:` mapping your columns", path)
     return spec_from_dict({"name": path.stem, "type": task_type, "data": path.name},
                           base_dir=path.parent, path=path)
@@ -331,8 +351,10 @@ def _source(value):
 # ---------------------------------------------------------------- items
 
 
-def load_items(spec: str | Path | dict | TaskSpec, split: str) -> list[Item]:
-    """The validated items of one split; every problem is a DataError naming file, line and field."""
+def load_items(spec: str | Path | dict | TaskSpec, split: str) -> ItemList:
+    """The validated items of one split; every problem is a DataError naming file, line and field. A preference
+    pair whose chosen and rejected replies are the same text is skipped with one warning line (and listed in the
+    answer's `skipped`)."""
     spec = load_task(spec)
     cache: dict = {}
 
@@ -352,7 +374,21 @@ def load_items(spec: str | Path | dict | TaskSpec, split: str) -> list[Item]:
                             spec.column("id"))
         seen[item.id] = item.source
     _check_placeholders(spec, items)
-    return items
+    skipped = [i.source for i in items if i.type == "preference" and _same_reply(i)]
+    if skipped:
+        from ..progress import log
+
+        log.warning("%s: %d of %d preference pair(s) have the same chosen and rejected reply and are skipped "
+                    "(first at %s)", spec.path or spec.name, len(skipped), len(items), skipped[0])
+        items = [i for i in items if not (i.type == "preference" and _same_reply(i))]
+        if not items:
+            raise DataError(f"split '{split}': every preference pair has the same chosen and rejected reply",
+                            spec.path or spec.name)
+    return ItemList(items, skipped)
+
+
+def _same_reply(item: Item) -> bool:
+    return " ".join(item.fields["chosen"].split()) == " ".join(item.fields["rejected"].split())
 
 
 
@@ -495,6 +531,11 @@ def make_item(spec: TaskSpec, row: Row, default_id: str, labels: list[str] | Non
             fail("must be a string", "context")
         fields["references"] = item.references = refs
         item.context = fields.get("context") or None
+    elif spec.type == "preference":
+        for f in ("prompt", "chosen", "rejected"):
+            _text(fields[f], f, fail)
+    elif spec.type == "text":
+        _text(fields["text"], "text", fail)
     else:
         item.messages = _messages(_as_list(fields["messages"]), fail)
         fields["messages"] = item.messages
