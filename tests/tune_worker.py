@@ -9,7 +9,8 @@ Every key is passed to `load_config` except these worker options:
   when training begins and ``<out>/rank{RANK}.safetensors`` when ``Trainer.train`` returns (under torchrun each
   rank trains its own replica, so identical files mean the replicas stayed in sync).
 
-`tune()` takes no callbacks, so the hooks are added by wrapping `AtomicCheckpointTrainer` in this process only.
+`tune()` takes no callbacks, so the hooks are added to `AtomicCheckpoints` (mixed into every objective's trainer)
+in this process only.
 """
 
 from __future__ import annotations
@@ -48,15 +49,14 @@ def main(argv: list[str]) -> int:
             if step_sleep:
                 time.sleep(step_sleep)
 
-    cls = tt.AtomicCheckpointTrainer
-    orig_init, orig_train = cls.__init__, cls.train
+    cls = tt.AtomicCheckpoints  # mixed into every objective's trainer (SFT, CPT, DPO, ...)
 
     def __init__(self, *a, **k):
-        orig_init(self, *a, **k)
+        super(cls, self).__init__(*a, **k)
         self.add_callback(Hooks())
 
     def train(self, *a, **k):
-        result = orig_train(self, *a, **k)
+        result = super(cls, self).train(*a, **k)
         if dump:
             save_file(_trainable(self.model), str(out / f"rank{rank}.safetensors"))
         return result

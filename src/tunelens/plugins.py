@@ -1,11 +1,11 @@
-"""Plug-ins: audit suites, repair methods and tuning methods from outside the package, each a single file.
+"""Plug-ins: audit suites, repair methods, tuning methods and objectives from outside the package, each one file.
 
 A plug-in is a module whose classes register themselves (`audit.core.register`, `repair.core.register`,
-`tune.methods.register`) when it is imported. Two ways bring it in, both read by each registry when its package
+`tune.methods.register`, `tune.objectives.register`) when it is imported. Two ways bring it in, both read by each registry when its package
 is first imported, so every listing, `--help` text and config check sees the plug-ins from the start:
 
-- an installed distribution's entry points in the group ``tunelens.suites``, ``tunelens.repairs`` or
-  ``tunelens.tuning_methods`` (``toy = my_pkg.toy_suite``: loading it imports the module);
+- an installed distribution's entry points in the group ``tunelens.suites``, ``tunelens.repairs``,
+  ``tunelens.tuning_methods`` or ``tunelens.objectives`` (``toy = my_pkg.toy_suite``: loading it imports the module);
 - ``TUNELENS_PLUGINS=mod_a,mod_b``: modules imported by name from ``sys.path`` (a file on ``PYTHONPATH`` is
   enough, no packaging).
 
@@ -25,6 +25,7 @@ from .progress import log
 
 ENV = "TUNELENS_PLUGINS"
 SUITES, REPAIRS, TUNING_METHODS = "tunelens.suites", "tunelens.repairs", "tunelens.tuning_methods"
+OBJECTIVES = "tunelens.objectives"
 
 _loaded: set[str] = set()  # groups already loaded (a plug-in importing another registry must not loop back)
 _failed: set[str] = set()  # plug-ins already reported: a TUNELENS_PLUGINS module is tried by all three registries

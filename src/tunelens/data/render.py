@@ -50,8 +50,8 @@ def instruction(spec: TaskSpec, item: Item, template: str | None = None) -> str:
 
 
 def answer_text(spec: TaskSpec, item: Item) -> str:
-    """The gold target: `spec.target`'s field if set, else the correct choice, first reference, or
-    the chat's final assistant message."""
+    """The gold target: `spec.target`'s field if set, else the correct choice, first reference, the chosen reply
+    of a preference pair, or the chat's final assistant message."""
     if spec.target:
         # the target may name a task field or a column (which mapping turned into a task field)
         key = {col: f for f, col in spec.fields.items()}.get(spec.target, spec.target)
@@ -66,6 +66,11 @@ def answer_text(spec: TaskSpec, item: Item) -> str:
         return item.choices[item.answer]
     if item.references:
         return item.references[0]
+    if item.type == "preference":  # SFT on a preference set learns the chosen replies
+        return item.fields["chosen"]
+    if item.messages is None:
+        raise DataError(f"task '{spec.name}' is a {item.type} task: it has no answer to train or score",
+                        spec.path or spec.name)
     return item.messages[-1]["content"]
 
 

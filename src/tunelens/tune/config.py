@@ -12,6 +12,7 @@ from ..errors import TunelensError, suggest
 from ..settings import setting
 
 from .methods import TUNING_METHODS
+from .objectives import OBJECTIVES
 
 METHODS = tuple(TUNING_METHODS)  # registered tuning methods (tune/methods/), in the order the CLI lists them
 # the learning rate each method gets when none is given (the CLI's --lr help is built from this table)
@@ -34,6 +35,15 @@ class TuneConfig:
     out: str = setting("out/tune", "Run folder.", short="-o")
     method: str = setting("lora", " | ".join(m + (" (default)" if m == "lora" else "") for m in METHODS)
                          + " (tune/methods/).", says_default=True)
+    objective: str = setting("sft", " | ".join(o + (" (default)" if o == "sft" else "") for o in OBJECTIVES)
+                             + " (tune/objectives/): what the tune learns from.", says_default=True)
+    beta: float = setting(0.1, "DPO / IPO: strength of the pull toward the reference model (TRL's beta).")
+    compat_weight: float = setting(0.0, "Flip-aware SFT: weight of the distillation toward the base on the examples "
+                                        "the base already answers right (focal distillation; 0: off).")
+    compat_alpha: float = setting(0.0, "Flip-aware SFT: distillation weight on every example besides the "
+                                       "base-right ones (0: base-right examples only).")
+    min_doc_tokens: int = setting(32, "Continued pretraining: documents shorter than this many tokens are left "
+                                      "out (and counted).")
     lora_r: int = setting(16, "LoRA rank.")
     lora_alpha: int = setting(32, "LoRA alpha (the update is scaled by alpha / r).")
     lora_dropout: float = setting(0.05, "LoRA dropout.")
@@ -67,6 +77,10 @@ class TuneConfig:
         if self.method not in METHODS:
             raise TunelensError(f"unknown tuning method '{self.method}'"
                                 + suggest(self.method, METHODS, f"; choose one of {', '.join(METHODS)}"))
+        if self.objective not in OBJECTIVES:
+            raise BadSetting("objective", f"unknown objective '{self.objective}'"
+                             + suggest(self.objective, list(OBJECTIVES), f"; choose one of {', '.join(OBJECTIVES)}"))
+        OBJECTIVES[self.objective]().check(self)
         if self.replay + self.safety_mix >= 1.0:
             raise TunelensError("replay + safety_mix must leave room for the task data (sum < 1)")
         from transformers.trainer_utils import SchedulerType
@@ -91,7 +105,7 @@ class TuneConfig:
             setattr(self, name, C.strings([value] if isinstance(value, str) else value or [], name))
         if not isinstance(self.target_modules, str):
             C.strings(self.target_modules, "target_modules", example='"all-linear" or [q_proj, v_proj]')
-        for name in ("model", "split", "out", "method", "optim", "lr_scheduler"):
+        for name in ("model", "split", "out", "method", "objective", "optim", "lr_scheduler"):
             C.text(getattr(self, name), name)
         for name in ("lora_r", "num_virtual_tokens", "batch_size", "grad_accum", "max_length", "save_steps",
                      "save_total_limit", "logging_steps"):
@@ -103,6 +117,10 @@ class TuneConfig:
             C.number(getattr(self, name), name, above=0)
         C.number(self.learning_rate, "learning_rate", above=0, null=True)
         C.number(self.weight_decay, "weight_decay", at_least=0)
+        C.number(self.beta, "beta", above=0)
+        for name in ("compat_weight", "compat_alpha"):
+            C.number(getattr(self, name), name, at_least=0)
+        C.integer(self.min_doc_tokens, "min_doc_tokens", 1)
         for name in ("lora_dropout", "warmup_ratio", "replay", "safety_mix"):
             C.number(getattr(self, name), name, at_least=0, below=1)
         for name in ("packing", "resume", "overwrite", "progress"):

@@ -31,7 +31,8 @@ from ..outdir import claim, put_back, set_aside
 from .. import progress as P
 from ..progress import log
 from .config import TuneConfig
-from .examples import IGNORE, build_examples, data_files, parse_mix
+from .examples import IGNORE, data_files, parse_mix
+from .objectives import OBJECTIVES
 
 CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
@@ -71,9 +72,10 @@ def completion_loss(outputs, labels, num_items_in_batch=None):
     return loss / n
 
 
-class AtomicCheckpointTrainer(Trainer):
-    """Writes each checkpoint into a staging folder and renames it into place when complete,
-    so `checkpoints/checkpoint-N` exists only whole; a kill mid-save leaves just the hidden staging folder."""
+class AtomicCheckpoints:
+    """Mixed into every objective's Trainer: writes each checkpoint into a staging folder and renames it into place
+    when complete, so `checkpoints/checkpoint-N` exists only whole; a kill mid-save leaves just the hidden staging
+    folder."""
 
     def _save_checkpoint(self, model, trial):
         final_root = Path(self.args.output_dir)
@@ -101,6 +103,26 @@ class AtomicCheckpointTrainer(Trainer):
             _rotate(final_root, limit)
         if distributed:
             torch.distributed.barrier()
+
+
+class AtomicCheckpointTrainer(AtomicCheckpoints, Trainer):
+    """transformers' Trainer with atomic checkpoints: the SFT and continued-pretraining trainer."""
+
+
+def dpo_trainer_class():
+    """TRL's DPOTrainer with atomic checkpoints (built on first use: importing trl costs seconds)."""
+    global _DPO
+    if _DPO is None:
+        from trl import DPOTrainer
+
+        class AtomicDPOTrainer(AtomicCheckpoints, DPOTrainer):
+            pass
+
+        _DPO = AtomicDPOTrainer
+    return _DPO
+
+
+_DPO = None
 
 
 def _rotate(root: Path, limit: int | None) -> None:
@@ -291,8 +313,40 @@ def tune(cfg: TuneConfig) -> Path:
         return final
 
 
+def _training_args(cfg: TuneConfig, out: Path) -> dict:
+    """The TrainingArguments keywords every objective shares (an objective adds its own and picks the class:
+    TrainingArguments, or TRL's DPOConfig)."""
+    return dict(
+        output_dir=str(out / CHECKPOINTS),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        optim=cfg.optim,
+        warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type=cfg.lr_scheduler,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        report_to=cfg.report_to or "none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
+        disable_tqdm=not cfg.progress,
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
-    from datasets import Dataset
     from peft import get_peft_model
 
     from ..models import resolve_model
@@ -302,7 +356,8 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
 
     handle = resolve_model(cfg.model)
     tok = handle.tokenizer
-    rows, stats = build_examples(cfg, tok)
+    objective = OBJECTIVES[cfg.objective]()
+    rows, stats = objective.examples(cfg, tok)
     if stats.truncated:
         log.warning(f"tunelens: {stats.truncated} of {len(rows)} examples were longer than max_length={cfg.max_length} "
                     "and were truncated (prompt cut from the left)")
@@ -318,54 +373,17 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
         write_json(out / "run.json", {
             "config": cfg.to_dict(), "seed": cfg.seed, "versions": _versions(), "data_files": files,
             "examples": {"n": len(rows), "sources": stats.sources, "truncated": stats.truncated,
-                         "tokens": stats.total_tokens, "completion_tokens": stats.completion_tokens},
+                         "tokens": stats.total_tokens, "completion_tokens": stats.completion_tokens,
+                         **({"documents": stats.documents, "too_short": stats.too_short}
+                            if cfg.objective == "cpt" else {})},
             "model": {"name": handle.name, "kind": handle.kind, "path": str(handle.path) if handle.path else None},
             "status": "running",
         })
 
-    collator = CompletionCollator(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    data_collator, loss_func = collator, completion_loss
-    if cfg.packing:
-        # padding-free packing: correct only with an attention kernel that honours position_ids resets
-        # (flash attention); on CPU SDPA falls back to a dense block mask and is slower than padding
-        if not torch.cuda.is_available() or getattr(model.config, "_attn_implementation", "") != "flash_attention_2":
-            raise TunelensError("--packing needs a GPU model loaded with flash_attention_2; on CPU it is slower "
-                                "than length-grouped padding (the default)")
-        from transformers import DataCollatorWithFlattening
-
-        data_collator, loss_func = DataCollatorWithFlattening(), None
-    args = TrainingArguments(
-        output_dir=str(out / CHECKPOINTS),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        optim=cfg.optim,
-        warmup_steps=cfg.warmup_ratio,
-        lr_scheduler_type=cfg.lr_scheduler,
-        train_sampling_strategy="group_by_length",
-        remove_unused_columns=False,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        report_to=cfg.report_to or "none",
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
-        disable_tqdm=not cfg.progress,
-        include_num_input_tokens_seen="non_padding",
-    )
-    trainer = AtomicCheckpointTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=data_collator,
-        compute_loss_func=loss_func,
-        callbacks=[JsonlLog(out / "train_log.jsonl",
-                            resume_step=int(resume_from.name.split("-")[-1]) if resume_from else 0), StepProgress()],
-    )
+    callbacks = [JsonlLog(out / "train_log.jsonl", resume_step=int(resume_from.name.split("-")[-1]) if resume_from
+                          else 0), StepProgress()]
+    trainer = objective.trainer(cfg, model=model, tokenizer=tok, rows=rows, args=_training_args(cfg, out),
+                                callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     final = out / MODEL_DIR
