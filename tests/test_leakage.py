@@ -95,7 +95,7 @@ def _jsonl(folder: str, split: str | None = None) -> list[dict]:
     return [r for r in rows if split is None or r["split"] == split]
 
 
-PREFERENCE_SETS: tuple[str, ...] = ()
+PREFERENCE_SETS = ("preference_pairs", "safety_preferences")
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 
 
@@ -303,7 +303,7 @@ KNOWN: dict = {}
 def test_no_training_item_teaches_an_audit_item():
     start = time.perf_counter()
     findings = check(training_side(), audit_side(), qa_items())
-    assert time.perf_counter() - start < 10
+    assert time.perf_counter() - start < 20  # 6 training x 8 audit sets: about 6 s on an idle 2-core machine
     new = {k: [m for m in v if m not in KNOWN.get(k, set())] for k, v in findings.items()}
     new = {k: v for k, v in new.items() if v}
     assert not new, "\n" + describe(new)
