@@ -94,7 +94,7 @@ class AtomicCheckpoints:
         if distributed:
             torch.distributed.barrier()  # every rank has finished writing
         if self.is_world_process_zero():
-            for ckpt in staging.iterdir():
+            for ckpt in staging.glob("checkpoint-*"):  # not what else a trainer leaves there (TRL's model card)
                 target = final_root / ckpt.name
                 if target.exists():
                     shutil.rmtree(target)
