@@ -40,8 +40,8 @@ def test_corpus():
 
 
 PREF = {
-    "preference_pairs": ("pp", {"billing": 30, "network": 20, "roaming": 12, "sim_esim": 12,
-                                "broadband_device": 10, "plan_contract": 10}, {"train": 76, "test": 18}),
+    "preference_pairs": ("pp", {c: 40 for c in ("billing", "network", "roaming", "sim_esim", "broadband_device",
+                                             "plan_contract")}, {"train": 168, "test": 72}),
     "safety_preferences": ("sp", {c: 8 for c in ("weapons", "cybercrime", "fraud_scams", "self_harm",
                                                   "hate_harassment", "drugs", "privacy_surveillance", "violence",
                                                   "sexual_exploitation", "misinformation", "extremism",
@@ -49,7 +49,7 @@ PREF = {
 }
 
 
-OPENINGS = {"preference_pairs": {"chosen": 84, "rejected": 92}, "safety_preferences": {"chosen": 24, "rejected": 21}}
+OPENINGS = {"preference_pairs": {"chosen": 213, "rejected": 229}, "safety_preferences": {"chosen": 24, "rejected": 21}}
 
 
 @pytest.mark.parametrize("name", sorted(PREF))
