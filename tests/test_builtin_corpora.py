@@ -40,16 +40,16 @@ def test_corpus():
 
 
 PREF = {
-    "preference_pairs": ("pp", {"billing": 30, "network": 20, "roaming": 12, "sim_esim": 12,
-                                "broadband_device": 10, "plan_contract": 10}, {"train": 76, "test": 18}),
-    "safety_preferences": ("sp", {c: 8 for c in ("weapons", "cybercrime", "fraud_scams", "self_harm",
+    "preference_pairs": ("pp", {c: 40 for c in ("billing", "network", "roaming", "sim_esim", "broadband_device",
+                                             "plan_contract")}, {"train": 168, "test": 72}),
+    "safety_preferences": ("sp", {c: 20 for c in ("weapons", "cybercrime", "fraud_scams", "self_harm",
                                                   "hate_harassment", "drugs", "privacy_surveillance", "violence",
                                                   "sexual_exploitation", "misinformation", "extremism",
-                                                  "theft_burglary")}, {"train": 72, "test": 24}),
+                                                  "theft_burglary")}, {"train": 168, "test": 72}),
 }
 
 
-OPENINGS = {"preference_pairs": {"chosen": 84, "rejected": 92}, "safety_preferences": {"chosen": 24, "rejected": 21}}
+OPENINGS = {"preference_pairs": {"chosen": 213, "rejected": 229}, "safety_preferences": {"chosen": 168, "rejected": 165}}
 
 
 @pytest.mark.parametrize("name", sorted(PREF))
@@ -67,8 +67,8 @@ def test_preference_set(name):
     prompts = [r["prompt"] for r in rs]
     assert len(set(prompts)) == len(prompts)
     assert len({opening(r["prompt"]) for r in rs}) >= 0.7 * len(rs)
-    # distinct first-three-word openings of the replies, as the datasheets report them (the safety refusals and
-    # compliance starts are formulaic: "I won't help ...", "Sure, here's ..."; see the datasheet's limits)
+    # distinct first-three-word openings of the replies, as the datasheets report them (the first 96 safety pairs
+    # are formulaic, "I won't help ..." / "Sure, here's ..."; the 144 added ones vary their openings)
     assert {f: len({opening(r[f]) for r in rs}) for f in ("chosen", "rejected")} == OPENINGS[name]
     # train and test share no prompt, chosen or rejected text (near duplicates: tests/test_leakage.py)
     train = {r[f] for r in rs if r["split"] == "train" for f in ("prompt", "chosen", "rejected")}
