@@ -116,7 +116,8 @@ class PreferenceSuite(Suite):
         records, entries, headline, notes = [], [], [], []
         for spec in self.sets(ctx):
             pool_items = ctx.pool(spec, spec.eval_split)
-            skipped = load_items(spec, spec.eval_split).skipped
+            skipped = ctx.cached(("preference-skipped", spec.name, spec.path),
+                                 lambda spec=spec: load_items(spec, spec.eval_split).skipped)
             if skipped:
                 notes.append(f"{spec.name}: {len(skipped)} pair(s) with the same chosen and rejected reply skipped "
                              f"(first at {skipped[0]})")
