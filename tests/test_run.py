@@ -803,3 +803,28 @@ def test_stopped_named_tune_resumes_and_merges(tiny_model_dir, tmp_path):
     rows = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
     assert [(x["step"], x.get("before_stop", False)) for x in rows] == [(1, True), (2, True), (3, False), (4, False)]
     assert (b / "model" / "adapter_config.json").is_file() and (b / "DONE").is_file()
+
+
+def test_safecomm_config_and_its_sweep_file_agree():
+    """examples/safecomm.yaml is the demonstration as one run; examples/safecomm_demo.yaml the same sweep for
+    `tunelens repair --sweep` on models tuned by hand: the same candidates (the run's stage names for the sweep
+    file's folders), suites, tasks, limit and select."""
+    from tunelens.repair.sweep import load_sweep_file
+    from tunelens.run.config import SweepFile
+
+    cfg = load_run_config(ROOT / "examples" / "safecomm.yaml")
+    assert cfg.stage_order()[:3] == ["tune:aligned", "tune:telecom", "tune:safety-adapter"]
+    assert (cfg.tuned_key(), cfg.base_key()) == ("tune:telecom", "tune:aligned")
+    assert cfg.tunes["aligned"]["merge"] and cfg.tunes["telecom"]["model"] == cfg.tunes["safety-adapter"]["model"] \
+        == "aligned"
+    sweep = SweepFile(**load_sweep_file(ROOT / "examples" / "safecomm_demo.yaml"))
+    folders = {sweep.base: "aligned", "out/safecomm/safety-adapter/model": "safety-adapter"}
+    assert folders[sweep.base] == cfg.model and sweep.tuned == "out/safecomm/telecom/model"
+    named = [{"name": c["name"], "method": c["method"], **{k: folders.get(v, v) if isinstance(v, str) else v
+                                                           for k, v in c["options"].items()}}
+             for c in cfg.repair.candidates]
+    assert named == [{"name": c["name"], "method": c["method"], **{k: folders.get(v, v) if isinstance(v, str) else v
+                                                                  for k, v in c.items() if k not in ("name", "method")}}
+                     for c in sweep.candidates]
+    assert (sweep.suites, sweep.tasks, sweep.limit, sweep.select) == \
+        (cfg.audit.suites, cfg.audit.tasks, cfg.audit.limit, cfg.repair.select)
