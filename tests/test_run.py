@@ -60,7 +60,7 @@ class Spy:
 
     def _make(self, stage):
         def fn(ctx):
-            self.calls.append(stage)
+            self.calls.append(ctx.stage if stage == "tune" else stage)  # a named tune stage: tune:NAME
             if stage in self.fail:
                 raise RuntimeError(f"{stage} broke")
             (ctx.out / "artifact.txt").write_text(stage)
@@ -592,3 +592,239 @@ def test_progress_reaches_whoever_listens_and_nobody_else():
             P.step(9, 9)
         P.step(2, 3)
     assert got == [(1, 3), (2, 3)] and inner == [(5, 5)]
+
+
+# ---------------------------------------------------------------------------------------------------- named tune stages
+
+
+def named_raw(model, task) -> dict:
+    """The SafeCOMM shape: an aligned tune (merged), the benign tune on it, a safety adapter on it; the audit and
+    the repair examine the benign tune against the aligned model."""
+    tune = {"data": [str(task)], "max_steps": 2, "batch_size": 4, "save_steps": 50, "seed": 0}
+    return {
+        "model": "aligned",
+        "tuned": "telecom",
+        "stages": ["tune", "audit", "repair", "report"],
+        "tunes": {"aligned": {"model": str(model), "merge": True, **tune},
+                  "telecom": {"model": "aligned", **tune},
+                  "safety-adapter": {"model": "aligned", **tune, "seed": 1}},
+        "audit": {"suites": ["task"], "limit": 4, "tasks": [str(task)]},
+        "repair": {"candidates": [{"method": "interpolate", "alpha": 0.5},
+                                  {"name": "sm", "method": "safemerge", "safety_adapter": "safety-adapter",
+                                   "aligned": "aligned", "unaligned": str(model)}], "limit": 4},
+    }
+
+
+NAMED = ["tune:aligned", "tune:telecom", "tune:safety-adapter", "audit", "diff", "graft", "repair", "report"]
+
+
+def test_named_tunes_order_hashes_and_run_json(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    raw = named_raw(tmp_path / "m", cfg_raw["tune"]["data"][0])
+    raw["tunes"] = {"telecom": raw["tunes"]["telecom"], **raw["tunes"]}  # written before the stage it tunes on
+    cfg = parse_config(raw)
+    assert cfg.stage_order() == NAMED and cfg.tuned_key() == "tune:telecom" and cfg.base_key() == "tune:aligned"
+    run_dir = tmp_path / "run"
+    r = run_pipeline(cfg, run_dir, display=False)
+    assert r.exit_code == 0 and spy.calls == ["tune:aligned", "tune:telecom", "tune:safety-adapter", "audit",
+                                              "repair", "report"]
+    state = json.loads((run_dir / "run.json").read_text())
+    assert state["order"] == NAMED and state["tuned_stage"] == "tune:telecom" and list(state["stages"]) == NAMED
+    for key in NAMED[:3]:
+        st = state["stages"][key]
+        assert st["status"] == "done" and st["dir"] == f"tune/{key[5:]}/{st['hash']}"
+        assert (run_dir / st["dir"] / "DONE").is_file()
+    assert state["stages"]["diff"]["status"] == "skipped"
+    # the stages' inputs: the tune stages they read, resolved to their output folders
+    seen = {}
+    monkeypatch.setitem(S.FUNCS, "repair", lambda ctx: seen.update(base=ctx.base, tuned=ctx.tuned,
+                                                                   candidates=S._candidates(ctx)))
+    run_pipeline(cfg, run_dir, only="repair", display=False)
+    folder = {k: run_dir / state["stages"][k]["dir"] for k in NAMED[:3]}
+    assert seen["base"] == str(folder["tune:aligned"] / "model")  # the Spy wrote no merged/ folder
+    assert seen["tuned"] == str(folder["tune:telecom"] / "model")
+    assert seen["candidates"][1]["options"] == {"safety_adapter": str(folder["tune:safety-adapter"] / "model"),
+                                                "aligned": str(folder["tune:aligned"] / "model"),
+                                                "unaligned": str(tmp_path / "m")}
+
+
+def test_named_tunes_cache_reruns_what_reads_the_change(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    raw = named_raw(tmp_path / "m", cfg_raw["tune"]["data"][0])
+    run_dir = tmp_path / "run"
+    first = run_pipeline(parse_config(raw), run_dir, display=False)
+    spy.calls.clear()
+    assert run_pipeline(parse_config(raw), run_dir, display=False).exit_code == 0 and spy.calls == []
+
+    def changed(name, **kw):
+        return {**raw, "tunes": {**raw["tunes"], name: {**raw["tunes"][name], **kw}}}
+
+    r = run_pipeline(parse_config(changed("telecom", max_steps=3)), run_dir, display=False)
+    assert spy.calls == ["tune:telecom", "audit", "repair", "report"]
+    assert r.state["stages"]["tune:aligned"]["hash"] == first.state["stages"]["tune:aligned"]["hash"]
+    spy.calls.clear()
+    run_pipeline(parse_config(changed("safety-adapter", seed=2)), run_dir, display=False)
+    assert spy.calls == ["tune:safety-adapter", "repair", "report"]  # the audit does not read the safety adapter
+    spy.calls.clear()
+    run_pipeline(parse_config(changed("aligned", max_steps=3)), run_dir, display=False)
+    assert spy.calls == ["tune:aligned", "tune:telecom", "tune:safety-adapter", "audit", "repair", "report"]
+    spy.calls.clear()
+    run_pipeline(parse_config(raw), run_dir, display=False)  # back to the first settings: all reused
+    assert spy.calls == []
+    # --from / --only take a stage's key or its name
+    run_pipeline(parse_config(raw), run_dir, from_stage="safety-adapter", display=False)
+    assert spy.calls == ["tune:safety-adapter", "audit", "repair", "report"]
+    spy.calls.clear()
+    run_pipeline(parse_config(raw), run_dir, only="tune:telecom", display=False)
+    assert spy.calls == ["tune:telecom"]
+    spy.calls.clear()
+    run_pipeline(parse_config(raw), run_dir, from_stage="tune", display=False)
+    assert spy.calls[:3] == ["tune:aligned", "tune:telecom", "tune:safety-adapter"]
+    with pytest.raises(TunelensError, match=r"--only tune: the tune stages are tune:aligned, tune:telecom"):
+        run_pipeline(parse_config(raw), run_dir, only="tune", display=False)
+    with pytest.raises(TunelensError, match=r"--from telcom: not a stage; .*did you mean 'tune:telecom'"):
+        run_pipeline(parse_config(raw), run_dir, from_stage="telcom", display=False)
+    with pytest.raises(TunelensError, match="--only tune:telecom needs the tune:aligned stage"):
+        run_pipeline(parse_config(raw), tmp_path / "fresh", only="telecom", display=False)
+
+
+def test_named_tune_failure_skips_what_reads_it(cfg_raw, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    raw = named_raw(tmp_path / "m", cfg_raw["tune"]["data"][0])
+
+    def tune(ctx):
+        spy.calls.append(ctx.stage)
+        if ctx.stage == "tune:safety-adapter":
+            raise RuntimeError("broke")
+
+    monkeypatch.setitem(S.FUNCS, "tune", tune)
+    r = run_pipeline(parse_config(raw), tmp_path / "run", display=False)
+    st = r.state["stages"]
+    assert r.exit_code == 1 and st["tune:safety-adapter"]["status"] == "failed"
+    assert st["audit"]["status"] == "done"  # it reads the aligned and telecom stages only
+    assert st["repair"]["status"] == "skipped" and "tune:safety-adapter" in st["repair"]["note"]
+    assert st["report"]["status"] == "done"
+
+
+@pytest.mark.parametrize("patch, message, on_line", [
+    (lambda r: r["tunes"]["telecom"].update(model="alinged"),
+     "'tunes.telecom.model: alinged' names no tune stage; did you mean 'aligned'?", "model: alinged"),
+    (lambda r: r.update(model="algned"), "'model: algned' names no tune stage; did you mean 'aligned'?",
+     "model: algned"),
+    (lambda r: r["tunes"]["aligned"].update(model="safety-adapter"),
+     "'tunes.aligned.model': the tune stages form a cycle: aligned -> safety-adapter -> aligned", "model: safety-"),
+    (lambda r: r["tunes"]["aligned"].pop("model"),
+     "'tunes.aligned.model': the tune stages form a cycle: aligned -> aligned (tunes.aligned gives no model:, so it "
+     "tunes the top-level model; give it one)", "aligned:"),
+    (lambda r: r["repair"]["candidates"][1].update(safety_adapter="safety-adaptr"),
+     "'repair.candidates[1].safety_adapter: safety-adaptr' names no tune stage; did you mean 'safety-adapter'?",
+     "safety_adapter: safety-adaptr"),
+    (lambda r: r.update(tuned="telcom"), "'tuned: telcom' names no tune stage; did you mean 'telecom'?",
+     "tuned: telcom"),
+    (lambda r: r["tunes"].update(audit={"data": ["x"]}), "'tunes.audit': a tune stage's name is", "audit:"),
+    (lambda r: r["tunes"]["telecom"].update(merge="yes"),
+     "section 'tunes.telecom': merge must be true or false, got 'yes'", "merge: 'yes'"),
+    (lambda r: r["tunes"]["telecom"].update(learning_rat=1),
+     "unknown key 'tunes.telecom.learning_rat'; did you mean 'tunes.telecom.learning_rate'?", None),
+])
+def test_named_tune_config_errors_name_key_and_line(cfg_raw, tmp_path, patch, message, on_line):
+    """An unknown stage name or a cycle is one line naming the key and its line, exit 2, before anything runs."""
+    raw = named_raw(tmp_path / "m", cfg_raw["tune"]["data"][0])
+    patch(raw)
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(raw, sort_keys=False, width=200))
+    with pytest.raises(TunelensError) as e:
+        load_run_config(p)
+    msg = str(e.value)
+    assert message in msg and e.value.exit_code == 2 and "\n" not in msg, msg
+    if on_line is not None:  # the line named holds the key (or its stage, when the key is not written)
+        m = re.match(rf"{re.escape(str(p))}:(\d+): ", msg)
+        assert m and on_line in p.read_text().splitlines()[int(m.group(1)) - 1], msg
+    r = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "tunelens: error:" in r.output and str(p) in r.output.replace("\n", "")
+
+
+def test_named_tunes_on_tiny_model_end_to_end(tiny_model_dir, tmp_path):
+    """Two named tunes, the second on the first's merged model; the audit and the repair (a SafeLoRA candidate
+    naming the aligned stage) read them; a rerun reuses everything."""
+    task = write_task(tmp_path / "data")
+    tune = {"data": [str(task)], "max_steps": 2, "batch_size": 4, "save_steps": 50, "seed": 0, "lora_r": 4}
+    raw = {"model": "aligned", "stages": ["tune", "audit", "repair"]
+           + (["report"] if _importable("tunelens.report") else []),
+           "tunes": {"aligned": {"model": str(tiny_model_dir), "merge": True, **tune},
+                     "benign": {"model": "aligned", **tune, "seed": 1}},
+           "audit": {"suites": ["task"], "limit": 4},
+           "repair": {"candidates": [{"name": "safelora", "method": "safelora", "aligned": "aligned",
+                                      "unaligned": str(tiny_model_dir), "mode": "topk", "k": 2}], "limit": 4}}
+    run_dir = tmp_path / "run"
+    r = run_pipeline(parse_config(raw), run_dir, display=False)
+    st = r.state["stages"]
+    assert r.exit_code == 0, {s: v["error"] for s, v in st.items()}
+    aligned, benign = run_dir / st["tune:aligned"]["dir"], run_dir / st["tune:benign"]["dir"]
+    merged = aligned / "merged"
+    assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
+    assert "adapter merged into merged/" in st["tune:aligned"]["note"]
+    assert json.loads((benign / "model" / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        str(merged.resolve())
+    ledger = json.loads((run_dir / st["audit"]["dir"] / "ledger.json").read_text())
+    assert ledger["suites"]["task"]["status"] == "ok"
+    sweep = json.loads((run_dir / st["repair"]["dir"] / "sweep.json").read_text())
+    assert [row["status"] for row in sweep["rows"]] == ["ok"]
+    if "report" in raw["stages"]:
+        assert (run_dir / "report.html").is_file() and "tune:benign" in (run_dir / "report.html").read_text()
+    again = run_pipeline(parse_config(raw), run_dir, display=False)
+    assert all(v["cached"] for s, v in again.state["stages"].items() if s.partition(":")[0] in raw["stages"])
+
+
+def test_stopped_named_tune_resumes_and_merges(tiny_model_dir, tmp_path):
+    """Killed after the first stage's tune but before its merge, and in the second stage after its step-2
+    checkpoint: the rerun merges the first (no retraining) and resumes the second from its checkpoint."""
+    task = write_task(tmp_path / "data")
+    tune = {"data": [str(task)], "max_steps": 4, "batch_size": 4, "save_steps": 2, "seed": 0, "lora_r": 4}
+    raw = {"model": str(tiny_model_dir), "stages": ["tune"],
+           "tunes": {"a": {"merge": True, **tune}, "b": {"model": "a", **tune}}}
+    run_dir = tmp_path / "run"
+    r = run_pipeline(parse_config(raw), run_dir, display=False)
+    a, b = (run_dir / r.state["stages"][k]["dir"] for k in ("tune:a", "tune:b"))
+    a_log = (a / "train_log.jsonl").read_text()
+    (a / "DONE").unlink()
+    shutil.rmtree(a / "merged")
+    (b / "DONE").unlink()
+    shutil.rmtree(b / "model")
+    shutil.rmtree(b / "checkpoints" / "checkpoint-4")
+    log = b / "train_log.jsonl"
+    log.write_text("".join(json.dumps({**json.loads(l), "before_stop": True}) + "\n"
+                           for l in log.read_text().splitlines() if l.strip()))
+    r = run_pipeline(parse_config(raw), run_dir, display=False)
+    st = r.state["stages"]
+    assert r.exit_code == 0 and not st["tune:a"]["cached"] and not st["tune:b"]["cached"]
+    assert "the tune had finished" in st["tune:a"]["note"] and (a / "merged" / "config.json").is_file()
+    assert (a / "train_log.jsonl").read_text() == a_log  # not retrained
+    rows = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
+    assert [(x["step"], x.get("before_stop", False)) for x in rows] == [(1, True), (2, True), (3, False), (4, False)]
+    assert (b / "model" / "adapter_config.json").is_file() and (b / "DONE").is_file()
+
+
+def test_safecomm_config_and_its_sweep_file_agree():
+    """examples/safecomm.yaml is the demonstration as one run; examples/safecomm_demo.yaml the same sweep for
+    `tunelens repair --sweep` on models tuned by hand: the same candidates (the run's stage names for the sweep
+    file's folders), suites, tasks, limit and select."""
+    from tunelens.repair.sweep import load_sweep_file
+    from tunelens.run.config import SweepFile
+
+    cfg = load_run_config(ROOT / "examples" / "safecomm.yaml")
+    assert cfg.stage_order()[:3] == ["tune:aligned", "tune:telecom", "tune:safety-adapter"]
+    assert (cfg.tuned_key(), cfg.base_key()) == ("tune:telecom", "tune:aligned")
+    assert cfg.tunes["aligned"]["merge"] and cfg.tunes["telecom"]["model"] == cfg.tunes["safety-adapter"]["model"] \
+        == "aligned"
+    sweep = SweepFile(**load_sweep_file(ROOT / "examples" / "safecomm_demo.yaml"))
+    folders = {sweep.base: "aligned", "out/safecomm/safety-adapter/model": "safety-adapter"}
+    assert folders[sweep.base] == cfg.model and sweep.tuned == "out/safecomm/telecom/model"
+    named = [{"name": c["name"], "method": c["method"], **{k: folders.get(v, v) if isinstance(v, str) else v
+                                                           for k, v in c["options"].items()}}
+             for c in cfg.repair.candidates]
+    assert named == [{"name": c["name"], "method": c["method"], **{k: folders.get(v, v) if isinstance(v, str) else v
+                                                                  for k, v in c.items() if k not in ("name", "method")}}
+                     for c in sweep.candidates]
+    assert (sweep.suites, sweep.tasks, sweep.limit, sweep.select) == \
+        (cfg.audit.suites, cfg.audit.tasks, cfg.audit.limit, cfg.repair.select)

@@ -58,8 +58,9 @@ def load_run(path) -> RunData:
         data.run = _required_json(root / "run.json")
         if not isinstance(data.run.get("stages", {}), dict):
             raise TunelensError(f"{root / 'run.json'}: 'stages' is not a mapping; not a `tunelens run` state file")
-        for name in STAGES:
-            data.stages[name] = _stage(root, name, (data.run.get("stages") or {}).get(name))
+        for name in STAGES:  # "the tune" is run.json's tuned_stage (tune:NAME with named tune stages)
+            key = (data.run.get("tuned_stage") or name) if name == "tune" else name
+            data.stages[name] = _stage(root, name, (data.run.get("stages") or {}).get(key))
     elif (root / "ledger.json").exists():
         data = RunData(root, "audit")
         data.stages["audit"] = Stage("audit", "done", root)

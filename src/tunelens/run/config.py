@@ -6,6 +6,7 @@ Every key is checked, in every section: an unknown key is an error naming it wit
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,11 @@ from ..settings import load_section, setting, unknown_key
 STAGES = ("tune", "audit", "diff", "graft", "repair", "report")
 # tune settings the pipeline owns: where the run goes and how it is resumed and displayed
 _PIPELINE_TUNE_KEYS = ("model", "out", "resume", "overwrite", "progress")
+# a named tune stage (`tunes: {NAME: ...}`): its stage key in run.json, --from/--only and the run folder's
+# tune/NAME/<hash12>/ is "tune:NAME"; the name is a folder name
+_TUNE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+# repair options that name a model: a value close to a tune stage's name but not one is a mistyped stage name
+MODEL_OPTIONS = ("aligned", "unaligned", "safety_adapter")
 
 
 @dataclass
@@ -202,10 +208,12 @@ SECTIONS = {"audit": AuditSection, "diff": DiffSection, "graft": GraftSection, "
 
 @dataclass
 class RunConfig:
-    model: str = "default"  # the base model
-    tuned: str | None = None  # an existing tuned model, when the tune stage does not run
+    model: str = "default"  # the base model (or the name of a tune stage: its output)
+    tuned: str | None = None  # an existing tuned model when the tune stage does not run, or the tune stage's name
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # the enabled stages, in pipeline order
     tune: dict = field(default_factory=dict)  # TuneConfig settings (see `tunelens tune --help`)
+    # named tune stages, NAME -> TuneConfig settings plus `model` (a spec or another stage's NAME) and `merge`
+    tunes: dict = field(default_factory=dict)
     audit: AuditSection = field(default_factory=AuditSection)
     diff: DiffSection = field(default_factory=DiffSection)
     graft: GraftSection = field(default_factory=GraftSection)
@@ -220,15 +228,89 @@ class RunConfig:
 
         if self.audit.tasks:
             return list(self.audit.tasks)
-        data = list(self.tune.get("data") or [])
-        if isinstance(self.tune.get("data"), str):
-            data = [self.tune["data"]]
-        return data + [t for t, _ in parse_mix(self.tune.get("mix") or [])]
+        tune = self.tune_stage(self.tuned_key())[0] if self.tuned_key() else self.tune
+        data = list(tune.get("data") or [])
+        if isinstance(tune.get("data"), str):
+            data = [tune["data"]]
+        return data + [t for t, _ in parse_mix(tune.get("mix") or [])]
 
-    def tune_config(self, out: Path, progress: bool = False):
+    def tune_config(self, out: Path, progress: bool = False, key: str = "tune", model: str | None = None):
+        """The TuneConfig of tune stage `key`; `model`: the model it tunes, when the stage names another stage
+        (that stage's output folder)."""
         from ..tune import load_config
 
-        return load_config(model=self.model, out=str(out), resume=True, progress=progress, **self.tune)
+        settings, spec, _ = self.tune_stage(key)
+        return load_config(model=model or spec, out=str(out), resume=True, progress=progress, **settings)
+
+    # ------------------------------------------------------------------ the stages: tune stages by key
+    # "tune" is the single `tune:` section (or the external `tuned:` model), "tune:NAME" a stage of `tunes:`
+
+    def tune_stage(self, key: str) -> tuple[dict, str, bool]:
+        """Tune stage `key`'s TuneConfig settings, the model it tunes (a spec or a stage name) and its merge flag."""
+        if key == "tune":
+            return self.tune, self.model, False
+        t = self.tunes[key.partition(":")[2]]
+        return {k: v for k, v in t.items() if k not in ("model", "merge")}, t["model"], bool(t["merge"])
+
+    def stage_of(self, value) -> str | None:
+        """The key of the tune stage a model value names ("tune:NAME"), or None when it is a model spec."""
+        return f"tune:{value}" if isinstance(value, str) and value in self.tunes else None
+
+    def tune_keys(self) -> list[str]:
+        """Every tune stage, in the order they run: as written, each moved after the stage it tunes on."""
+        if not self.tunes:
+            return ["tune"]
+        return _after_inputs((["tune"] if self.tune else []) + [f"tune:{n}" for n in self.tunes],
+                             lambda k: self.stage_of(self.tune_stage(k)[1]))
+
+    def stage_order(self) -> list[str]:
+        """Every stage key in pipeline order, enabled or not (run.json's `order`)."""
+        return self.tune_keys() + list(STAGES[1:])
+
+    def enabled(self) -> list[str]:
+        return [k for k in self.stage_order() if k.partition(":")[0] in self.stages]
+
+    def tuned_key(self) -> str | None:
+        """The tune stage that is "the tune" (audit, diff, graft and repair examine its output), or None when
+        `tuned:` names an existing model."""
+        if "tune" not in self.stages:
+            return None
+        if self.tuned:
+            return self.stage_of(self.tuned)
+        if self.tune or not self.tunes:
+            return "tune"
+        return f"tune:{list(self.tunes)[-1]}"
+
+    def base_key(self) -> str | None:
+        """The tune stage whose output is the base model (`model: NAME`), else None."""
+        return self.stage_of(self.model)
+
+    def candidate_stages(self) -> list[str]:
+        """The tune stages the repair candidates name in an option (`safety_adapter: NAME`), in order."""
+        out = []
+        for c in self.repair.candidates:
+            for v in c["options"].values():
+                k = self.stage_of(v)
+                if k and k not in out:
+                    out.append(k)
+        return out
+
+
+def _after_inputs(keys: list[str], dep) -> list[str]:
+    """`keys` in their order, each moved after its input `dep(key)` (acyclic: checked when the config is read)."""
+    out: list[str] = []
+
+    def place(k, seen=()):
+        if k in out or k in seen:
+            return
+        d = dep(k)
+        if d is not None and d in keys:
+            place(d, (*seen, k))
+        out.append(k)
+
+    for k in keys:
+        place(k)
+    return out
 
 
 def _stages(raw, where: str) -> list[str]:
@@ -248,28 +330,101 @@ def _stages(raw, where: str) -> list[str]:
     return [s for s in STAGES if s in raw]
 
 
-def _check_tune(raw, where: str, lines: dict) -> dict:
+def _check_tune(raw, where: str, lines: dict, section: str = "tune") -> dict:
     from ..tune.config import KEYS, TuneConfig
 
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise TunelensError(f"{where}section 'tune' must be a mapping of settings")
+        raise TunelensError(f"{where}section '{section}' must be a mapping of settings")
     valid = [k for k in KEYS if k not in _PIPELINE_TUNE_KEYS]
     for key in raw:
         if key not in valid:
             if key in _PIPELINE_TUNE_KEYS:
-                raise TunelensError(f"{where}'tune.{key}' is set by the pipeline; "
+                raise TunelensError(f"{where}'{section}.{key}' is set by the pipeline; "
                                     + ("name the base model with the top-level 'model:' key" if key == "model" else
                                        "remove it"))
-            raise unknown_key(f"tune.{key}", [f"tune.{v}" for v in valid], where)
+            raise unknown_key(f"{section}.{key}", [f"{section}.{v}" for v in valid], where)
     try:
         TuneConfig(**raw)  # its own checks: every value's type and range, method, data present
     except BadSetting as e:
-        raise e.located(where, lines, "tune") from None
+        raise e.located(where, lines, section) from None
     except (TypeError, TunelensError) as e:
-        raise TunelensError(f"{where}section 'tune': {e}") from None
+        raise TunelensError(f"{where}section '{section}': {e}") from None
     return dict(raw)
+
+
+def _check_tunes(raw, where: str, lines: dict, top_model: str) -> dict:
+    """`tunes:`: NAME -> a tune section plus `model:` (a spec or another stage's name; default the top-level
+    model) and `merge:` (the stage's output is the adapter merged into a full model folder)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise TunelensError(f"{C.at_line(where, lines.get('tunes'))}'tunes' must be a mapping of stage name to tune "
+                            "settings, e.g. tunes: {aligned: {data: [safety-tune], merge: true}}")
+    out = {}
+    for name, section in raw.items():
+        key = f"tunes.{name}"
+        at = C.at_line(where, lines.get(key))
+        if not isinstance(name, str) or not _TUNE_NAME.match(name) or name in STAGES or name == "default":
+            raise TunelensError(f"{at}'{key}': a tune stage's name is letters, digits, '_', '-' and '.' (and not a "
+                                f"pipeline stage or 'default'), got {name!r}")
+        if not isinstance(section, dict):
+            raise TunelensError(f"{at}section '{key}' must be a mapping of tune settings (plus model: and merge:)")
+        section = dict(section)
+        model, merge = section.pop("model", top_model), section.pop("merge", False)
+        try:
+            C.text(model, "model")
+            C.flag(merge, "merge")
+        except BadSetting as e:
+            raise e.located(where, lines, key) from None
+        settings = _check_tune(section, where, lines, key)
+        if merge and settings.get("method") == "prompt-tuning":
+            raise TunelensError(f"{C.at_line(where, lines.get(key + '.merge'))}'{key}.merge': a prompt-tuning "
+                                "adapter does not fold into the weights; merge a lora or ia3 tune")
+        out[name] = {"model": model, "merge": merge, **settings}
+    return out
+
+
+def _near_stage(value, names) -> str:
+    """"; did you mean 'NAME'?" when `value` looks like a mistyped tune stage name (not a stage, not `default`, not
+    an existing path, close to a name), else ""."""
+    if not isinstance(value, str) or not names or value in names or value == "default" or Path(value).expanduser().exists():
+        return ""
+    return suggest(value, names)
+
+
+def _check_stage_names(cfg: RunConfig, where: str, lines: dict, explicit: set) -> None:
+    """Every name of a tune stage is one (`model:`, `tunes.X.model`, `tuned:`, repair candidates' model options),
+    and the tune stages form no cycle; each error names the key and its line. `explicit`: the stages whose
+    `model:` is written (the others tune the top-level model)."""
+    names = list(cfg.tunes)
+    if not names:
+        return
+    refs = [("model", cfg.model)] + [(f"tunes.{n}.model", t["model"]) for n, t in cfg.tunes.items()]
+    for i, c in enumerate(cfg.repair.candidates):
+        refs += [(f"repair.candidates[{i}].{k}", v) for k, v in c["options"].items() if k in MODEL_OPTIONS]
+    for key, value in refs:
+        hint = _near_stage(value, names)
+        if hint:
+            raise TunelensError(f"{C.at_line(where, lines.get(key))}'{key}: {value}' names no tune stage{hint} "
+                                f"(tune stages: {', '.join(names)})")
+    for start in [f"tune:{n}" for n in names]:  # each stage reads at most one other: follow the chain
+        chain, k = [], start
+        while k is not None and k not in chain:
+            chain.append(k)
+            k = cfg.stage_of(cfg.tune_stage(k)[1])
+        if k is not None:  # only named stages are named, so a cycle is of named stages
+            cycle = [s.partition(":")[2] for s in chain[chain.index(k):]]
+            key = f"tunes.{cycle[0]}.model"
+            default = "" if cycle[0] in explicit else (f" (tunes.{cycle[0]} gives no model:, so it tunes the top-level "
+                                                      "model; give it one)")
+            raise TunelensError(f"{C.at_line(where, lines.get(key) or lines.get('tunes.' + cycle[0]))}'{key}': the "
+                                f"tune stages form a cycle: {' -> '.join(cycle + cycle[:1])}{default}")
+    if cfg.tuned is not None and "tune" in cfg.stages and cfg.tuned not in names:
+        raise TunelensError(f"{C.at_line(where, lines.get('tuned'))}'tuned: {cfg.tuned}' names no tune stage"
+                            + suggest(cfg.tuned, names, "") + f" (tune stages: {', '.join(names)}); an existing "
+                            "model as 'tuned' needs the tune stages disabled")
 
 
 def _check_candidates(section: RepairSection, where: str) -> None:
@@ -325,16 +480,22 @@ def parse_config(raw: dict, where: str = "", lines: dict | None = None) -> RunCo
         stages=_stages(raw.get("stages", list(STAGES)), where),
         **{name: load_section(cls, raw.get(name), name, where, lines) for name, cls in SECTIONS.items()},
     )
+    cfg.tunes = _check_tunes(raw.get("tunes"), where, lines, cfg.model)
+    if cfg.tunes and "tune" not in cfg.stages:
+        raise TunelensError(f"{C.at_line(where, lines.get('tunes'))}'tunes' names tune stages but the tune stage is "
+                            "disabled; remove 'tunes' or enable the tune stage")
     if "tune" in cfg.stages:
-        if cfg.tuned:
+        if cfg.tuned and not cfg.tunes:
             raise TunelensError(f"{where}'tuned: {cfg.tuned}' names an existing model but the tune stage is "
                                 "enabled; remove 'tuned' or disable the tune stage (stages: {tune: false})")
-        cfg.tune = _check_tune(raw.get("tune"), where, lines)
+        cfg.tune = _check_tune(raw.get("tune"), where, lines) if raw.get("tune") or not cfg.tunes else {}
     else:
         cfg.tune = _check_tune(raw.get("tune"), where, lines) if raw.get("tune") else {}
         if not cfg.tuned and any(s in cfg.stages for s in ("audit", "diff", "graft", "repair")):
             raise TunelensError(f"{where}the tune stage is disabled: name the tuned model with 'tuned: PATH'")
     _check_candidates(cfg.repair, where)
+    explicit = {n for n, t in (raw.get("tunes") or {}).items() if isinstance(t, dict) and "model" in t}
+    _check_stage_names(cfg, where, lines, explicit)
     if "repair" in cfg.stages and not cfg.repair.candidates:
         raise TunelensError(f"{where}the repair stage needs 'repair.candidates' (e.g. - {{method: interpolate, "
                             "alpha: 0.5}), or disable it (stages: {repair: false})")
@@ -348,4 +509,29 @@ def load_run_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise TunelensError(f"no such run config: {path}")
     raw = C.read_yaml(path) or {}  # a syntax error names the file and the line
-    return parse_config(raw, f"{path}: ", C.key_lines(path))
+    return parse_config(raw, f"{path}: ", {**C.key_lines(path), **_item_lines(path)})
+
+
+def _item_lines(path: Path) -> dict[str, int]:
+    """The lines of keys inside lists, e.g. "repair.candidates[2].aligned" (checks.key_lines walks mappings only)."""
+    import yaml
+
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    out: dict[str, int] = {}
+
+    def walk(node, prefix, in_list):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    if in_list:
+                        out[prefix + k.value] = k.start_mark.line + 1
+                    walk(v, f"{prefix}{k.value}.", in_list)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, f"{prefix[:-1]}[{i}].", True)
+
+    walk(root, "", False)
+    return out

@@ -1,6 +1,7 @@
 """The chain tune -> audit -> diff -> graft -> repair -> report, each stage cached by a hash of its inputs.
 
-A stage's folder is RUN_DIR/<stage>/<hash12>; the hash covers the stage's own settings and the hashes of the
+A stage's folder is RUN_DIR/<stage>/<hash12> (a named tune stage's RUN_DIR/tune/<NAME>/<hash12>, its key
+"tune:NAME"); the hash covers the stage's own settings and the hashes of the
 stages it reads, so a changed setting reruns exactly what depends on it. A folder is complete when it holds
 DONE (written last, atomically); anything else is a stopped attempt, restarted (the tune resumes from its last
 checkpoint). run.json is rewritten atomically at every change; its layout is docs/run.md's.
@@ -25,7 +26,7 @@ from .. import progress as P
 from ..errors import TunelensError
 from ..io import write_json
 from . import stages as S
-from .config import STAGES, RunConfig
+from .config import RunConfig
 
 SCHEMA = "tunelens.run/1"
 DONE = "DONE"
@@ -37,10 +38,19 @@ EXIT_STAGE_FAILED, EXIT_GATE_FAILED, EXIT_GATE_INCONCLUSIVE = 1, 3, 4
 
 
 def deps(cfg: RunConfig, stage: str) -> list[str]:
-    """The stages `stage` reads; the repair reads the graft when a candidate uses its mask (`mask: graft`)."""
-    if stage == "repair" and S.uses_graft_mask(cfg):
-        return ["tune", "graft"]
-    return DEPS[stage]
+    """The stages `stage` reads. With one `tune:` section these are DEPS (the repair also reads the graft when a
+    candidate uses its mask, `mask: graft`). A named tune stage reads the stage it tunes on (`model: NAME`);
+    audit, diff, graft and repair read "the tune" (`tuned:`) and the base's stage (`model: NAME`); the repair also
+    the stages its candidates name; the report reads every stage."""
+    if stage == "report":
+        return [s for s in cfg.stage_order() if s != "report"]
+    if stage.partition(":")[0] == "tune":
+        k = cfg.stage_of(cfg.tune_stage(stage)[1]) if "tune" in cfg.stages else None
+        return [k] if k else []
+    out = [cfg.tuned_key() or "tune"] + ([cfg.base_key()] if cfg.base_key() else [])
+    if stage == "repair":
+        out += (["graft"] if S.uses_graft_mask(cfg) else []) + cfg.candidate_stages()
+    return list(dict.fromkeys(out))
 
 
 def _now() -> str:
@@ -49,7 +59,10 @@ def _now() -> str:
 
 def _settings(cfg: RunConfig, stage: str) -> dict:
     """The part of the config a stage's output depends on (besides its inputs)."""
-    if stage == "tune":
+    if stage == "tune" or stage.startswith("tune:"):
+        if stage != "tune":  # a named stage: its model (a spec, or the stage it reads: its hash is an input)
+            settings, model, merge = cfg.tune_stage(stage)
+            return {"model": model, "tune": settings, "merge": merge}
         if "tune" in cfg.stages:
             return {"model": cfg.model, "tune": cfg.tune}
         path = Path(cfg.tuned)  # an existing model: its identity is its location and last change
@@ -69,8 +82,9 @@ def _settings(cfg: RunConfig, stage: str) -> dict:
 
 def stage_hashes(cfg: RunConfig) -> dict[str, str]:
     out: dict[str, str] = {}
-    for stage in STAGES:
-        if stage not in cfg.stages and not (stage == "tune" and cfg.tuned):
+    enabled = cfg.enabled()
+    for stage in cfg.stage_order():
+        if stage not in enabled and not (stage == "tune" and cfg.tuned):
             continue
         try:
             settings = _settings(cfg, stage)
@@ -98,16 +112,18 @@ class Run:
     def __init__(self, cfg: RunConfig, run_dir: Path, config_path: str | None, display):
         self.cfg, self.run_dir, self.display = cfg, Path(run_dir), display
         self.hashes = stage_hashes(cfg)
+        self.order, self.enabled = cfg.stage_order(), cfg.enabled()
         self.state = {"schema": SCHEMA, "config": cfg.to_dict(), "config_path": config_path,
                       "stages": {s: {"status": "pending", "dir": None, "hash": self.hashes.get(s), "seconds": None,
-                                     "error": None, "note": None, "cached": False} for s in STAGES},
-                      "order": list(STAGES), "started": _now(), "finished": None}
+                                     "error": None, "note": None, "cached": False} for s in self.order},
+                      "order": list(self.order), "tuned_stage": cfg.tuned_key() or "tune", "started": _now(),
+                      "finished": None}
         self.gate_failed: list[str] = []
         self.gate_inconclusive: list[str] = []
         self.ran: set[str] = set()  # stages run (not reused) in this invocation
 
     def folder(self, stage: str) -> Path:
-        return self.run_dir / stage / self.hashes[stage]
+        return self.run_dir.joinpath(*stage.split(":")) / self.hashes[stage]  # tune:NAME -> tune/NAME/<hash>
 
     def done(self, stage: str) -> bool:
         return stage in self.hashes and (self.folder(stage) / DONE).is_file()
@@ -119,23 +135,27 @@ class Run:
         self.state["stages"][stage].update(kw)
         self.save()
 
+    def output(self, stage: str) -> Path:
+        """A tune stage's model: its model/ folder, or merged/ when the stage merges its adapter."""
+        return S.tune_output(self.folder(stage))
+
     def tuned(self) -> str | None:
-        if "tune" in self.cfg.stages:
-            return str(self.folder("tune") / "model")
-        return self.cfg.tuned
+        key = self.cfg.tuned_key()
+        return str(self.output(key)) if key else self.cfg.tuned
+
+    def base(self) -> str:
+        key = self.cfg.base_key()
+        return str(self.output(key)) if key else self.cfg.model
 
     def blockers(self, stage: str) -> list[str]:
-        return [d for d in deps(self.cfg, stage) if d in self.cfg.stages and self.state["stages"][d]["status"] != "done"]
+        return [d for d in deps(self.cfg, stage) if d in self.enabled and self.state["stages"][d]["status"] != "done"]
 
 
 def run_pipeline(cfg: RunConfig, run_dir, *, config_path: str | None = None, from_stage: str | None = None,
                  only: str | None = None, display: bool = True) -> RunResult:
     """Run (or resume) the pipeline into run_dir. Exit code: 0 ok, 1 a stage failed or is incomplete (a suite or a
     repair candidate failed), 3 the audit gate failed, 4 an audit gate is inconclusive."""
-    for flag, st in (("--from", from_stage), ("--only", only)):
-        if st is not None and st not in cfg.stages:
-            raise TunelensError(f"{flag} {st}: " + (f"not a stage; stages: {', '.join(STAGES)}" if st not in STAGES
-                                                     else "that stage is disabled in the config"))
+    from_stage, only = (_stage_arg(cfg, flag, st) for flag, st in (("--from", from_stage), ("--only", only)))
     _preflight(cfg)
     from ..outdir import claim
 
@@ -143,18 +163,38 @@ def run_pipeline(cfg: RunConfig, run_dir, *, config_path: str | None = None, fro
         return _run_claimed(cfg, run_dir, config_path, from_stage, only, display)
 
 
+def _stage_arg(cfg: RunConfig, flag: str, st: str | None) -> str | None:
+    """--from / --only STAGE as a stage key: a pipeline stage, a named tune stage as tune:NAME or NAME, and
+    (--from) `tune` for the first tune stage."""
+    if st is None:
+        return None
+    order = cfg.stage_order()
+    key = st if st in order else f"tune:{st}" if f"tune:{st}" in order else None
+    if key is None and st == "tune" and flag == "--from":
+        key = order[0]
+    if key is None:
+        hint = (f"; the tune stages are {', '.join(k for k in order if k.startswith('tune:'))}" if st == "tune"
+                else f"not a stage; stages: {', '.join(order)}")
+        from ..errors import suggest
+
+        raise TunelensError(f"{flag} {st}: " + hint.lstrip("; ") + ("" if st == "tune" else suggest(st, order)))
+    if key not in cfg.enabled():
+        raise TunelensError(f"{flag} {st}: that stage is disabled in the config")
+    return key
+
+
 def _run_claimed(cfg: RunConfig, run_dir, config_path, from_stage, only, display) -> RunResult:
     run = Run(cfg, run_dir, config_path, display)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     if only and only != "report":
         for d in deps(cfg, only):
-            if d in cfg.stages and not run.done(d):
+            if d in run.enabled and not run.done(d):
                 raise TunelensError(f"--only {only} needs the {d} stage's output ({run.folder(d)}), which is not "
                                     "complete; run without --only first")
-    forced = set(cfg.stages[cfg.stages.index(from_stage):]) if from_stage else ({only} if only else set())
-    todo = [s for s in cfg.stages if not only or s == only]
+    forced = set(run.enabled[run.enabled.index(from_stage):]) if from_stage else ({only} if only else set())
+    todo = [s for s in run.enabled if not only or s == only]
     with _quiet(), Display(len(todo), enabled=display) as disp:
-        for stage in STAGES:
+        for stage in run.order:
             _one(run, stage, stage in todo, stage in forced, disp)
     run.state["finished"] = _now()
     run.save()
@@ -189,7 +229,8 @@ def _preflight(cfg: RunConfig) -> None:
 
 def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> None:
     cfg = run.cfg
-    if stage not in cfg.stages:
+    kind = stage.partition(":")[0]  # tune:NAME is a tune stage
+    if stage not in run.enabled:
         note = "disabled in the config" + (f"; tuned model: {cfg.tuned}" if stage == "tune" and cfg.tuned else "")
         run.mark(stage, status="skipped", note=note)
         return
@@ -209,8 +250,8 @@ def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> Non
     folder = run.folder(stage)
     # the report is reused only when it was built from exactly these finished stages
     report_fresh = stage != "report" or not run.ran and not any(
-        run.state["stages"][d]["status"] in ("failed", "skipped", "incomplete") and d in cfg.stages
-        for d in DEPS["report"])
+        run.state["stages"][d]["status"] in ("failed", "skipped", "incomplete") and d in run.enabled
+        for d in deps(cfg, "report"))
     if not forced and report_fresh and run.done(stage):
         info = _done_info(folder)
         if stage == "audit":
@@ -224,22 +265,23 @@ def _one(run: Run, stage: str, todo: bool, forced: bool, disp: "Display") -> Non
         return
     # an incomplete attempt (a suite or candidate failed) keeps what succeeded; the stage retries the rest
     retry = not forced and (folder / INCOMPLETE).is_file()
-    if folder.exists() and not retry and (forced or stage != "tune"):
+    if folder.exists() and not retry and (forced or kind != "tune"):
         shutil.rmtree(folder)  # a stopped attempt: start it again (the tune resumes from its checkpoint)
     folder.mkdir(parents=True, exist_ok=True)
     from ..outdir import mark
 
-    mark(folder, stage)  # what the folder is, for the commands that check (the tune's claim)
+    mark(folder, kind)  # what the folder is, for the commands that check (the tune's claim)
     run.mark(stage, status="pending", dir=rel, note=f"running since {_now()}", error=None, cached=False)
-    ctx = S.StageContext(cfg=cfg, run_dir=run.run_dir, out=folder, base=cfg.model, tuned=run.tuned(),
-                         dirs={s: run.folder(s) for s in run.hashes}, retry=retry)
+    ctx = S.StageContext(cfg=cfg, run_dir=run.run_dir, out=folder, base=run.base(), tuned=run.tuned(),
+                         dirs={s: run.folder(s) for s in run.hashes}, retry=retry, stage=stage,
+                         outputs={n: run.output(f"tune:{n}") for n in cfg.tunes if f"tune:{n}" in run.hashes})
     t0 = time.perf_counter()
     run.ran.add(stage)
     disp.start(stage)
     try:  # the stage's own prints and warnings go to its log: the display is the one thing on screen
         with open(folder / "stage.log", "a") as log, redirect_stdout(log), redirect_stderr(log), \
                 P.reporting(disp.step):  # the stage's steps (tunelens.progress) drive the display
-            result = S.FUNCS[stage](ctx) or {}
+            result = S.FUNCS[kind](ctx) or {}
     except KeyboardInterrupt:
         run.mark(stage, note="interrupted; run the same command again to resume")
         raise

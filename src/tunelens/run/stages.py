@@ -16,23 +16,65 @@ class StageContext:
     cfg: RunConfig
     run_dir: Path
     out: Path  # this stage's folder
-    base: str  # the base model spec
+    base: str  # the base model spec (or, `model: NAME`, that tune stage's output)
     tuned: str | None  # the tuned model (the tune stage's model/ or the config's `tuned:`)
     dirs: dict[str, Path] = field(default_factory=dict)  # every stage's folder, for the report
     retry: bool = False  # the folder holds an incomplete attempt: keep what succeeded, redo what failed
+    stage: str = "tune"  # this stage's key: a pipeline stage, or tune:NAME for a named tune stage
+    outputs: dict[str, Path] = field(default_factory=dict)  # each named tune stage's output (tune_output), by NAME
+
+
+MERGED = "merged"  # a tune stage with `merge: true`: its adapter merged into a full model folder, beside model/
+
+
+def tune_output(folder: Path) -> Path:
+    """The model a tune stage's folder gives the stages that read it: merged/ when it merged its adapter, else
+    model/ (the adapter, or the full fine-tune)."""
+    return folder / MERGED if (folder / MERGED).is_dir() else folder / "model"
 
 
 def tune_stage(ctx: StageContext) -> dict:
-    """Resumes from the folder's last checkpoint after a kill (tunelens.tune's own resume)."""
+    """Resumes from the folder's last checkpoint after a kill (tunelens.tune's own resume). A stage that tunes on
+    another (`model: NAME`) tunes that stage's output; with `merge: true` it then merges its adapter."""
     import json
 
     from ..tune import tune
 
+    _, model, merge = ctx.cfg.tune_stage(ctx.stage)
+    # an adapter records its base's path: give it the absolute one, as `tunelens tune --model $PWD/...` would
+    spec = str(Path(ctx.outputs[model]).resolve()) if model in ctx.outputs else None
     run_json = ctx.out / "run.json"
+    notes = []
     if (ctx.out / "model").is_dir() and run_json.is_file() and json.loads(run_json.read_text()).get("status") == "finished":
-        return {"note": "the tune had finished before the run was stopped"}
-    tune(ctx.cfg.tune_config(ctx.out))
-    return {}
+        notes.append("the tune had finished before the run was stopped")
+    else:
+        tune(ctx.cfg.tune_config(ctx.out, key=ctx.stage, model=spec))
+    if merge:
+        notes.append(merge_adapter(ctx.out / "model", ctx.out / MERGED))
+    return {"note": "; ".join(notes)} if notes else {}
+
+
+def merge_adapter(model: Path, out: Path) -> str:
+    """`model`'s adapter merged into its base, written as a full model folder `out` (built beside it, made
+    portable like every folder tunelens writes, then renamed into place); a full fine-tune is left as it is."""
+    import os
+    import shutil
+
+    from ..models import resolve_model
+    from ..models.portable import make_portable, warn_unportable
+
+    if out.is_dir():
+        return f"merged into {out.name}/ before the run was stopped"
+    if not (model / "adapter_config.json").is_file():
+        return f"a full fine-tune: {model.name}/ is the full model, nothing to merge"
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    handle = resolve_model(str(model), merge_adapter=True)
+    handle.model.save_pretrained(tmp)
+    handle.tokenizer.save_pretrained(tmp)
+    warn_unportable(make_portable(tmp))
+    os.replace(tmp, out)
+    return f"adapter merged into {out.name}/"
 
 
 def audit_stage(ctx: StageContext) -> dict:
@@ -108,12 +150,14 @@ def uses_graft_mask(cfg: RunConfig) -> bool:
 
 
 def _candidates(ctx: StageContext) -> list[dict]:
-    """`mask: graft` names the graft stage's mask at the candidate's `sparsity` (default: the graft's first)."""
+    """`mask: graft` names the graft stage's mask at the candidate's `sparsity` (default: the graft's first); an
+    option naming a tune stage (`safety_adapter: NAME`) is that stage's output folder."""
     from ..diff.graft import sparsity_tag
 
     out = []
     for c in ctx.cfg.repair.candidates:
-        c = {**c, "options": dict(c["options"])}
+        c = {**c, "options": {k: str(ctx.outputs[v]) if isinstance(v, str) and v in ctx.outputs else v
+                              for k, v in c["options"].items()}}
         if c["method"] == "graft" and c["options"].get("mask") == "graft":
             s = c["options"].pop("sparsity", None) or ctx.cfg.graft.sparsities[0]
             path = ctx.dirs["graft"] / f"mask-s{sparsity_tag(float(s))}.safetensors"
