@@ -133,6 +133,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default="static64,audit,cb-64,cb-16")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0: torch's default). On a loaded machine 1 thread avoids the stalls of a "
+                         "2-thread op waiting for a core another process holds")
     args = ap.parse_args()
 
     import torch
@@ -143,6 +146,8 @@ def main() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"cpu: {cpu_flags()}; {os.cpu_count()} cpus, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"transformers {transformers.__version__}", file=sys.stderr)
     h = resolve_model("default")
