@@ -57,7 +57,11 @@ def _digest(*parts) -> "hashlib.blake2b":
 
 
 def weights_fingerprint(model) -> str:
-    """Hash of every parameter and buffer, by name, dtype, shape and bytes (~1 s for a 135M model)."""
+    """Hash of every parameter and buffer, by name, dtype, shape and bytes (~1 s for a 135M model). A served
+    model (tunelens.engines) has no weights here: its own fingerprint hashes its files, served name and engine
+    version, and starts with the engine's name, so no engine reuses another's results."""
+    if getattr(model, "engine", None) not in (None, "hf"):
+        return f"{model.engine}:{model.fingerprint()}"
     h = _digest()
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()

