@@ -131,39 +131,3 @@ def test_old_import_names_are_the_same_objects():
 
     assert old_lora.lora_scale is W.lora_scale and old_lora.LoraAdapter is W.LoraAdapter
     assert old_lora.FactorDelta is W.FactorDelta and old_stream.Checkpoint is W.Checkpoint
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_file_slabs_read_the_same_bytes_as_the_memory_map(tmp_path, dtype, monkeypatch):
-    """Slab.chunk (pread into a caller's buffer, the diff's read path) returns exactly what Checkpoint.read's
-    memory-mapped view holds, for matrices, vectors and scalars, at any chunk bounds, and also by its fallback
-    (no file offset known)."""
-    from safetensors.torch import save_file
-
-    g = torch.Generator().manual_seed(0)
-    tensors = {"m": torch.randn(37, 11, generator=g).to(dtype), "v": torch.randn(29, generator=g).to(dtype),
-               "s": torch.tensor(1.5, dtype=dtype), "n": torch.randn(5, 3, 2, generator=g).to(dtype)}
-    save_file(tensors, tmp_path / "model.safetensors")
-    monkeypatch.setattr(checkpoint, "SLAB_ELEMS", 40)
-    ck = checkpoint.Checkpoint(tmp_path)
-    buf = torch.empty(8 * 64, dtype=torch.uint8)
-    for fallback in (False, True):
-        for name, full in tensors.items():
-            info = ck.tensors[name]
-            assert (info.offset >= 0) and info.torch_dtype == dtype
-            if fallback:
-                info = ck.tensors[name] = checkpoint.TensorInfo(info.file, info.shape, info.dtype)
-            for r0, r1 in info.slabs():
-                slab = ck.slab(name, r0, r1)
-                assert slab.direct is not fallback
-                want = ck.read(name, r0, r1).reshape(-1) if info.shape else ck.read(name).reshape(-1)
-                assert slab.numel == want.numel() and slab.nbytes == want.nbytes
-                for step in (1, 7, slab.numel):
-                    got = torch.cat([slab.chunk(i, min(slab.numel, i + step), buf).clone()
-                                     for i in range(0, slab.numel, step)])
-                    assert got.dtype == dtype and torch.equal(got.view(torch.uint8), want.view(torch.uint8))
-                slab.willneed()
-            rows = torch.cat([ck.slab(name, r0, r1).chunk(0, ck.slab(name, r0, r1).numel, buf).clone()
-                              for r0, r1 in info.slabs()])
-            assert torch.equal(rows.view(full.shape), full)
-    ck.close()

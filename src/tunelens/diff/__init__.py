@@ -125,24 +125,12 @@ def _plan(base: Checkpoint, sides: list[Weights], notes: list[str]) -> list[str]
 
 
 def _reads(base: Checkpoint, names: list[str], sides: list[Weights]):
-    """Runs in the reader thread: every slab of every compared tensor, base and each side together. Slabs of
-    full checkpoints are file slabs (read chunk by chunk by the workers; here the kernel is only asked to start
-    reading them from storage); LoRA updates are computed here."""
+    """Runs in the reader thread: every slab of every compared tensor, base and each side together."""
     for name in names:
         facs = [s.factor(name) for s in sides]
-        full = [s.ckpt is not None for s in sides]
         for r0, r1 in base.tensors[name].slabs():
-            w = base.slab(name, r0, r1)
-            w.willneed()
-            parts = []
-            for s, f, is_full in zip(sides, facs, full):
-                if is_full:
-                    parts.append(("t", s.ckpt.slab(name, r0, r1)) if name in s.ckpt else (None, None))
-                    if parts[-1][1] is not None:
-                        parts[-1][1].willneed()
-                else:
-                    parts.append(s.rows(name, r0, r1, f))
-            yield name, w, parts, facs
+            w = base.read(name, r0, r1, touch=True)
+            yield name, w, [s.rows(name, r0, r1, f) for s, f in zip(sides, facs)], facs
 
 
 def _stream(base: Checkpoint, names, sides, rank, rank_max_dim, progress, notes,
@@ -176,8 +164,6 @@ def _stream(base: Checkpoint, names, sides, rank, rank_max_dim, progress, notes,
     finally:
         torch.set_num_threads(threads)
         ws.close()
-        for ckpt in [base] + [s.ckpt for s in sides if s.ckpt is not None]:
-            ckpt.close()
     if n_rank_skipped:
         notes.append(f"rank skipped for {n_rank_skipped} matri(ces) larger than rank_max_dim={rank_max_dim}")
     return rows, done
@@ -218,8 +204,6 @@ def _finish(cur: dict, threads: int) -> dict:
 
 
 def _raise_nonfinite(name, w, parts, sides, base):
-    w = w if isinstance(w, torch.Tensor) else w.tensor()
-    parts = [(k, x if x is None or isinstance(x, torch.Tensor) else x.tensor()) for k, x in parts]
     if not bool(torch.isfinite(w).all()):
         raise ModelError(f"{base.folder}: weight tensor '{name}' contains NaN or Inf values "
                          f"(corrupt checkpoint or diverged training)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -23,8 +22,8 @@ _EPS32 = torch.finfo(torch.float32).eps
 
 
 class Scratch:
-    """Reusable chunk buffers for one worker thread, and views of them sized per chunk (cached for the full
-    chunk size: creating a view costs about as much as a small kernel)."""
+    """Reusable fp32/bf16 chunk buffers for one worker thread, and views of them sized per chunk (cached for
+    the full chunk size: creating a view costs about as much as a small kernel)."""
 
     def __init__(self, n: int | None = None):
         self.n = n = n or CHUNK
@@ -32,11 +31,10 @@ class Scratch:
         self.t = torch.empty(n)
         self.a = torch.empty(n)
         self.y = torch.empty(n)
-        self.masks = torch.empty(4, n)  # Δ≠0, |Δ|>tol, |Δ|>rel·|W|, bf16(W)≠bf16(T); float: faster than bool
+        self.masks = torch.empty(4, n)  # Δ≠0, |Δ|>tol, |Δ|>rel·|W|, bf16(W)≠bf16(T)
         self.d2 = torch.empty(n)
         self.m2 = torch.empty(n)
         self.bw = torch.empty(n, dtype=torch.bfloat16)
-        self.stage = list(torch.empty(3, 8 * n, dtype=torch.uint8))  # stored bytes of W, T, T2 (file slabs)
         self._full = self._make(n)
 
     def views(self, k: int) -> "_Views":
@@ -49,6 +47,7 @@ class Scratch:
         v.t, v.a, v.y, v.d2, v.m2, v.bw = (b[:k] for b in (self.t, self.a, self.y, self.d2, self.m2, self.bw))
         v.masks = self.masks[:, :k]
         v.m = list(v.masks)
+        v.flat = self.wd.view(-1)  # 2n elements, for the ‖W‖²-only pass
         return v
 
 
@@ -82,16 +81,11 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(ua, ub)
 
 
-def _piece(src, i: int, j: int, stage: torch.Tensor) -> torch.Tensor:
-    """Elements [i, j) of a slab source: a view of a tensor, or a file slab's bytes read into ``stage``."""
-    return src[i:j] if isinstance(src, torch.Tensor) else src.chunk(i, j, stage)
-
-
 class DeltaAccumulator:
     """Running sums for one tensor. Feed it slabs with ``update``; read ``result()`` at the end.
 
     ``keep``: collect the dense Δ (flat fp32, for the SVD) in ``self.keep``; it is allocated at the first
-    changed chunk, so an unchanged tensor costs nothing.
+    changed slab, so an unchanged tensor costs nothing.
     ``bf16_exact``: both weights are bf16 already, so the bf16-rounded comparison is the exact one.
     ``other``: also accumulate the overlap with a second fine-tune.
     """
@@ -100,7 +94,6 @@ class DeltaAccumulator:
         self.ws = ws
         self.keep_numel = keep
         self.keep: torch.Tensor | None = None
-        self._keep_lock = threading.Lock()
         self.bf16_exact = bf16_exact
         self.other = other
         self.numel = 0
@@ -108,22 +101,24 @@ class DeltaAccumulator:
         self.counts = torch.zeros(4, dtype=torch.float64)
         self.other_sums = torch.zeros(3, dtype=torch.float64)  # |I2|, |I1∩I2|, ‖Δ2‖²
 
-    def update(self, w_src, t_src=None, d_src: torch.Tensor | None = None, t2_src=None,
-               d2_src: torch.Tensor | None = None) -> None:
+    def update(self, w_src: torch.Tensor, t_src: torch.Tensor | None = None, d_src: torch.Tensor | None = None,
+               t2_src: torch.Tensor | None = None, d2_src: torch.Tensor | None = None) -> None:
         """One slab: the base weights plus the tuned weights (``t_src``) or the update itself (``d_src``);
-        neither means the tensor is unchanged. ``t2_src``/``d2_src``: the same for the other fine-tune.
-        Weights are tensors or file slabs (``tunelens.weights.checkpoint.Slab``: each worker reads its own
-        chunks of them straight into its buffers)."""
-        n = w_src.numel if not isinstance(w_src, torch.Tensor) else w_src.numel()
-        src = [x if x is None or not isinstance(x, torch.Tensor) else x.reshape(-1)
-               for x in (w_src, t_src, d_src, t2_src, d2_src)]
+        neither means the tensor is unchanged. ``t2_src``/``d2_src``: the same for the other fine-tune."""
+        n = w_src.numel()
+        src = [None if x is None else x.reshape(-1) for x in (w_src, t_src, d_src, t2_src, d2_src)]
+        # bit-identical slabs (frozen layers, untouched rows) need only ‖W‖²: a memcmp-speed check first
+        same1 = d_src is None and (t_src is None or same_bits(src[0], src[1]))
+        same2 = d2_src is None and (t2_src is None or same_bits(src[0], src[3]))
+        if self.keep_numel and self.keep is None and not same1:
+            self.keep = torch.zeros(self.keep_numel)  # slabs before this one were unchanged: their Δ stays 0
         scratches = self.ws.scratches
         size = scratches[0].n
         per = -(-n // (len(scratches) * size)) * size  # split the slab between the workers at chunk bounds
         spans = [(i, min(n, i + per)) for i in range(0, n, per)] if n else []
-        jobs = [self.ws.pool.submit(self._span, scratches[q], src, a, b)
+        jobs = [self.ws.pool.submit(self._span, scratches[q], src, a, b, same1, same2)
                 for q, (a, b) in enumerate(spans[1:], 1)]
-        parts = [self._span(scratches[0], src, *spans[0])] if spans else []
+        parts = [self._span(scratches[0], src, *spans[0], same1, same2)] if spans else []
         parts += [j.result() for j in jobs]
         for ww, mv, counts, other in parts:
             self.sums[0] += torch.stack(ww).double().sum()
@@ -134,47 +129,43 @@ class DeltaAccumulator:
                 self.other_sums += torch.stack(other).double().sum(0)
         self.numel += n
 
-    def _span(self, s: Scratch, src, start: int, stop: int):
-        """Elements [start, stop) of the slab, chunk by chunk, in one worker's buffers. A chunk whose tuned bytes
-        equal the base's (frozen layers, untouched rows) costs a compare and ‖W‖² only."""
+    def _span(self, s: Scratch, src, start: int, stop: int, same1: bool, same2: bool):
+        """Elements [start, stop) of the slab, chunk by chunk, in one worker's buffers."""
         w_src, t_src, d_src, t2_src, d2_src = src
         ww, mv, counts, other = [], [], [], []
+        if same1 and (not self.other or same2):  # only ‖W‖² (Δ = 0 stays 0 in keep): bigger chunks
+            buf, step = s.views(s.n).flat, 2 * s.n
+            for i in range(start, stop, step):
+                j = min(stop, i + step)
+                w = buf[: j - i] if j - i < step else buf
+                w.copy_(w_src[i:j])
+                ww.append(torch.dot(w, w))
+            return ww, mv, counts, other
         for i in range(start, stop, s.n):
             j = min(stop, i + s.n)
             v = s.views(j - i)
             w, d = v.w, v.d
-            w_raw = _piece(w_src, i, j, s.stage[0])
-            t_raw = None if t_src is None else _piece(t_src, i, j, s.stage[1])
-            t2_raw = None if t2_src is None else _piece(t2_src, i, j, s.stage[2])
-            same1 = d_src is None and (t_raw is None or same_bits(w_raw, t_raw))
-            same2 = d2_src is None and (t2_raw is None or same_bits(w_raw, t2_raw))
-            w.copy_(w_raw)
+            w.copy_(w_src[i:j])
             ww.append(torch.dot(w, w))
-            if not same1:
+            if same1:
+                d.zero_()
+            else:
                 if d_src is not None:
                     d.copy_(d_src[i:j])
                     torch.add(w, d, out=v.t)
                 else:
-                    v.t.copy_(t_raw)
+                    v.t.copy_(t_src[i:j])
                     torch.sub(v.t, w, out=d)
                 mv.append(torch.mv(v.wd, d))  # [W·Δ, ‖Δ‖²]
                 counts.append(self._changed(v))
-                if self.keep_numel:
-                    self._kept()[self.numel + i: self.numel + j].copy_(d)
+            if self.keep is not None and not same1:
+                self.keep[self.numel + i: self.numel + j].copy_(d)
             if self.other and not same2:
-                other.append(self._other(v, same1, t2_raw, None if d2_src is None else d2_src[i:j]))
+                other.append(self._other(v, same1, None if t2_src is None else t2_src[i:j],
+                                         None if d2_src is None else d2_src[i:j]))
         return ww, mv, counts, other
 
-    def _kept(self) -> torch.Tensor:
-        """The dense Δ, allocated at the first changed chunk (chunks before it were unchanged: their Δ stays 0)."""
-        if self.keep is None:
-            with self._keep_lock:
-                if self.keep is None:
-                    self.keep = torch.zeros(self.keep_numel)
-        return self.keep
-
     def _changed(self, v: _Views) -> torch.Tensor:
-        """[#Δ≠0, #|Δ|>tol, #|Δ|>rel·|W|, #bf16(W)≠bf16(T)] for one chunk, from 0/1 masks summed in one call."""
         a, y, m = v.a, v.y, v.m
         torch.abs(v.d, out=a)
         torch.ne(v.d, 0.0, out=m[0])

@@ -1,7 +1,5 @@
-"""Overlap reading with computing: ``prefetch`` runs the slab producer of a diff in a background thread, a couple
-of slabs ahead of the statistics. For full checkpoints it only names the file slabs and asks the kernel to start
-reading them (``Slab.willneed``: storage reads in the background, no page of them mapped into this process); the
-workers then copy each chunk with ``pread`` into their own buffers. LoRA updates are computed in it.
+"""Overlap reading with computing: ``prefetch`` runs the slab reads of a diff (and the page faults that bring
+the bytes in) in a background thread, a couple of slabs ahead of the statistics.
 
 The reader itself is :mod:`tunelens.weights.checkpoint`; its names stay importable from here.
 """
