@@ -227,8 +227,13 @@ def audit_cmd(
         hb = resolve_model(base, allow_pickle=allow_pickle)
         ht = resolve_model(tuned, allow_pickle=allow_pickle, merge_adapter="auto")  # merged: same outputs, faster
         check_tokenizers(hb, ht, allow_tokenizer_mismatch)
+        from .precision import audit_precision
+
+        (hb, ht), precision = audit_precision(a.dtype, [hb, ht], reload=lambda: (
+            resolve_model(base, allow_pickle=allow_pickle),
+            resolve_model(tuned, allow_pickle=allow_pickle, merge_adapter="auto")))
         ctx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, sequential=not a.full,
-                           budget=a.budget, chunk=a.chunk, margins=a.margins, judge=a.judge)
+                           budget=a.budget, chunk=a.chunk, margins=a.margins, judge=a.judge, precision=precision)
         for t in lm_eval or []:
             from .audit.lmeval_bridge import add_lm_eval_task
 

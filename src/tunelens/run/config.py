@@ -50,6 +50,10 @@ class AuditSection:
                                         "probe, rules+probe (rules for degenerate text, a learned probe for the "
                                         "rest), hf:PATH (a local sequence classifier) or guard:PATH (a local guard "
                                         "LM). `tunelens judge --evaluate` measures one.")
+    dtype: str = setting("auto", "Precision both models are scored at: auto (the default: fp32, or bf16 where the "
+                         "hardware runs it natively and it agrees with fp32 on a fixed probe set), fp32, or bf16 "
+                         "(after the same check; emulated and slow on CPUs without AVX512-BF16/AMX). The ledger "
+                         "records it (docs/audit.md, Precision).", says_default=True)
 
     def __post_init__(self):
         from ..audit.base_store import store_dir
@@ -74,6 +78,9 @@ class AuditSection:
         for k, v in self.margins.items():
             C.number(v, f"margins.{k}", above=0)
         store_dir(self.base_cache)  # raises on a value that is neither a flag nor a folder
+        from ..precision import check_dtype
+
+        check_dtype(self.dtype)
 
     def suite_names(self) -> list[str]:
         """The suites named, or (none named) every default suite in the order an audit runs them."""

@@ -46,8 +46,13 @@ def audit_stage(ctx: StageContext) -> dict:
     specs = [load_task(t) for t in ctx.cfg.audit_tasks()]
     hb, ht = resolve_model(ctx.base), resolve_model(ctx.tuned, merge_adapter="auto")
     check_tokenizers(hb, ht)
+    from ..precision import audit_precision
+
+    (hb, ht), precision = audit_precision(a.dtype, [hb, ht], reload=lambda: (
+        resolve_model(ctx.base), resolve_model(ctx.tuned, merge_adapter="auto")))
     actx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, progress=False,
-                        sequential=not a.full, budget=a.budget, chunk=a.chunk, margins=dict(a.margins), judge=a.judge)
+                        sequential=not a.full, budget=a.budget, chunk=a.chunk, margins=dict(a.margins), judge=a.judge,
+                        precision=precision)
     store = attach(actx, a.base_cache)
     ledger = run_audit(actx, a.suites, ctx.out, a.gate or None, resume=ctx.retry)
     failed = [g["expr"] for g in ledger.get("gates", []) if g.get("outcome") == "fail"]
