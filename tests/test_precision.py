@@ -63,6 +63,8 @@ def test_auto_with_native_bf16_measures_once_and_caches(home):
     assert again.chosen == "bf16" and again.calibration["cached"] is True and calls == [1.4]
     slow = PR.choose_training("auto", NATIVE, measure(1.02), {**key, "shape": [8, 96]})
     assert slow.chosen == "fp32" and "below 1.1x" in slow.why
+    ranks = PR.choose_training("auto", NATIVE, None, {**key, "shape": [8, 128]})  # multi-process: no measuring
+    assert ranks.chosen == "fp32" and "multi-process" in ranks.why and calls == [1.4, 1.02]
 
 
 def test_requested_dtypes_are_taken_and_emulated_bf16_warns(caplog):
@@ -192,12 +194,12 @@ def test_stage_hash_changes_only_when_the_precision_can_change_results(tmp_path,
 
 
 def test_compare_figures():
-    fp32 = {"ll": [[(-1.0, 2), (-3.0, 1)], [(-2.0, 1), (-1.5, 1)]], "greedy": [[1, 2, 3, 4], [5, 6]]}
-    bf16 = {"ll": [[(-1.02, 2), (-3.1, 1)], [(-1.4, 1), (-1.5, 1)]], "greedy": [[1, 2, 9, 4], [5, 6]]}
+    fp32 = {"ll": [[(-1.0, 2), (-3.0, 1)], [(-2.0, 1), (-1.5, 1)]], "argmax": [[1, 2, 3, 4], [5, 6]]}
+    bf16 = {"ll": [[(-1.02, 2), (-3.1, 1)], [(-1.4, 1), (-1.5, 1)]], "argmax": [[1, 2, 9, 4], [5, 6]]}
     f = PR.compare(fp32, bf16)
     assert f["max_abs_dll"] == pytest.approx(0.6) and f["mean_abs_dll"] == pytest.approx((0.01 + 0.1 + 0.6) / 4)
     assert f["argmax_agreement"] == 0.5  # the second question's best choice flipped
-    assert f["greedy_agreement"] == pytest.approx(4 / 6)  # tokens after the first difference all count as misses
+    assert f["greedy_agreement"] == pytest.approx(5 / 6)  # teacher-forced: one position differs
     assert len(PR.passes(f)) == 4 and PR.passes(PR.compare(fp32, fp32)) == []
 
 
