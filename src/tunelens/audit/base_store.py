@@ -70,6 +70,13 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()
 
 
+def _precision_part(ctx) -> tuple:
+    """The scoring precision, when it is not fp32 (fp32 stores keep the fingerprints they had before precision
+    was a setting). The weights' dtype is hashed too, but bf16 could also come from autocast."""
+    chosen = (getattr(ctx, "precision", None) or {}).get("chosen", "fp32")
+    return () if chosen == "fp32" else (f"precision={chosen}",)
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     vocab = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
@@ -134,6 +141,7 @@ class BaseStore:
             weights_fingerprint(ctx.base.model), tokenizer_fingerprint(ctx.base.tokenizer),
             ctx.seed, ctx.batch_size,  # keys carry the chunk bounds; the limit only says how far to draw
             tasks_fingerprint(ctx), code_and_data_fingerprint(),
+            *_precision_part(ctx),
         ).hexdigest()
         self.dir = Path(root).expanduser() / self.fingerprint
         self.hits = 0  # results served from disk (written by an earlier audit)

@@ -60,7 +60,9 @@ def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Pat
               "base": _model_info(ctx.base), "tuned": _model_info(ctx.tuned),
               "tasks": [s.name for s in ctx.tasks], "seed": ctx.seed, "limit": ctx.limit,
               "mode": "sequential" if ctx.sequential else "full", "chunk": ctx.chunk, "budget": ctx.budget,
-              "alpha": S.ALPHA, "margins": dict(ctx.margins), "engine": engine_of(ctx.base), "suites": {}}
+              "alpha": S.ALPHA, "margins": dict(ctx.margins), "engine": engine_of(ctx.base),
+              "precision": ctx.precision or {"requested": "fp32", "chosen": "fp32", "why": "not chosen by the caller"},
+              "suites": {}}
     out = Path(out) if out else None
     earlier = _earlier_attempt(out, suites) if resume and out else {}
     # an earlier audit's results here are moved aside, so items/ starts empty and no stale items file can be

