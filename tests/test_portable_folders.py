@@ -156,43 +156,21 @@ def _probe(folder, chat, prompts):
 
 def _transformers4_env():
     """The python of a virtual environment with transformers 4.x, built once under tunelens_home()/envs/ (never
-    in the clone) and reused: named by a hash of the pinned requirements and this Python, built under a file lock
-    into a temporary folder that is renamed into place, so a killed or concurrent build never leaves a half env.
-    Skips when the package registry has no transformers 4.x."""
+    in the clone) and reused (tunelens.envs.cached_env: a file lock, a temporary folder renamed into place), named
+    by a hash of the pinned requirements and this Python. Skips when the package registry has no transformers 4.x."""
     import hashlib
-    import shutil
-    import subprocess
     import sys
-    import tempfile
-    import time
 
-    from tunelens.models import tunelens_home
-    from tunelens.models.gguf import _file_lock
+    from tunelens.envs import cached_env, pip
+
+    def install(python):
+        r = pip(python, "install", "-q", *TRANSFORMERS4, timeout=1200)
+        if r.returncode and ("No matching distribution" in r.stderr or "Could not find a version" in r.stderr):
+            pytest.skip(f"pip cannot get {' '.join(TRANSFORMERS4)} here: {r.stderr.strip().splitlines()[-1]}")
+        assert r.returncode == 0, r.stderr[-2000:]
 
     key = hashlib.sha256(" ".join([*TRANSFORMERS4, sys.version.split()[0]]).encode()).hexdigest()[:12]
-    envs = tunelens_home() / "envs"
-    env = envs / f"transformers4-{key}"
-    python = env / "bin" / "python"
-    envs.mkdir(parents=True, exist_ok=True)
-    with _file_lock(envs / f".{env.name}.lock"):
-        if python.is_file():
-            return python
-        for stale in envs.glob(f".{env.name}.tmp-*"):  # killed builds (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{env.name}.tmp-", dir=envs))
-        t0 = time.perf_counter()
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, capture_output=True, timeout=300)
-            r = subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "-q", *TRANSFORMERS4],
-                               capture_output=True, text=True, timeout=1200)
-            if r.returncode and ("No matching distribution" in r.stderr or "Could not find a version" in r.stderr):
-                pytest.skip(f"pip cannot get {' '.join(TRANSFORMERS4)} here: {r.stderr.strip().splitlines()[-1]}")
-            assert r.returncode == 0, r.stderr[-2000:]
-            tmp.rename(env)  # the venv's interpreter finds pyvenv.cfg beside it: it works from the new place
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        print(f"built {env} in {time.perf_counter() - t0:.0f} s")
-    return python
+    return cached_env(f"transformers4-{key}", install)
 
 
 def _probe4(python, folder, chat: bool):

@@ -205,7 +205,7 @@ def audit_cmd(
     from .audit import AuditContext, check_tokenizers, run_audit
     from .audit.base_store import attach
     from .data import load_checked_tasks
-    from .models import resolve_model
+    from .engines import audit_models, scoring_precision
     from .outdir import claim
     from .settings import build, split
 
@@ -223,12 +223,17 @@ def audit_cmd(
     from .judge import load_judge
 
     load_judge(a.judge)  # a bad judge path fails before the models load
-    with claim(out, "audit"):
-        hb = resolve_model(base, allow_pickle=allow_pickle)
-        ht = resolve_model(tuned, allow_pickle=allow_pickle, merge_adapter="auto")  # merged: same outputs, faster
+    if lm_eval and a.engine != "hf":
+        raise TunelensError("--lm-eval runs lm-evaluation-harness on transformers models: use it with --engine hf")
+    with claim(out, "audit"), audit_models(base, tuned, a, allow_pickle=allow_pickle) as (hb, ht):
         check_tokenizers(hb, ht, allow_tokenizer_mismatch)
+        from .models import resolve_model
+
+        (hb, ht), precision = scoring_precision(a, [hb, ht], reload=lambda: (
+            resolve_model(base, allow_pickle=allow_pickle),
+            resolve_model(tuned, allow_pickle=allow_pickle, merge_adapter="auto")))
         ctx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, sequential=not a.full,
-                           budget=a.budget, chunk=a.chunk, margins=a.margins, judge=a.judge)
+                           budget=a.budget, chunk=a.chunk, margins=a.margins, judge=a.judge, precision=precision)
         for t in lm_eval or []:
             from .audit.lmeval_bridge import add_lm_eval_task
 

@@ -316,6 +316,8 @@ def loglikelihood(
     that does not fit `max_length` (default: the model's context) with its longest continuation loses its
     start; the scores say how many tokens (``truncated``) and one warning line says how many requests.
     """
+    if getattr(model, "engine", None) == "vllm":  # a served model (tunelens.engines.vllm): the server scores
+        return model.loglikelihood(tokenizer, requests, max_length=max_length, progress=progress, desc=desc)
     if not requests:
         return []
     max_length = max_length or context_length(model)
@@ -438,6 +440,9 @@ def generate(
     A prompt longer than `max_length` (default: the model's context) minus `max_new_tokens` loses its start;
     ``Generation.truncated`` says how many tokens, and one warning line says how many prompts.
     """
+    if getattr(model, "engine", None) == "vllm":  # a served model (tunelens.engines.vllm): the server generates
+        return model.generate(tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, progress=progress,
+                              desc=desc, score_ids=score_ids, max_length=max_length)
     stop = list(stop or [])
     device = _device(model)
     max_length = max_length or context_length(model)

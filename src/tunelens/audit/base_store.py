@@ -57,13 +57,24 @@ def _digest(*parts) -> "hashlib.blake2b":
 
 
 def weights_fingerprint(model) -> str:
-    """Hash of every parameter and buffer, by name, dtype, shape and bytes (~1 s for a 135M model)."""
+    """Hash of every parameter and buffer, by name, dtype, shape and bytes (~1 s for a 135M model). A served
+    model (tunelens.engines) has no weights here: its own fingerprint hashes its files, served name and engine
+    version, and starts with the engine's name, so no engine reuses another's results."""
+    if getattr(model, "engine", None) not in (None, "hf"):
+        return f"{model.engine}:{model.fingerprint()}"
     h = _digest()
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())  # hashed in place, no copy of the weights
     return h.hexdigest()
+
+
+def _precision_part(ctx) -> tuple:
+    """The scoring precision, when it is not fp32 (fp32 stores keep the fingerprints they had before precision
+    was a setting). The weights' dtype is hashed too, but bf16 could also come from autocast."""
+    chosen = (getattr(ctx, "precision", None) or {}).get("chosen", "fp32")
+    return () if chosen == "fp32" else (f"precision={chosen}",)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -130,6 +141,7 @@ class BaseStore:
             weights_fingerprint(ctx.base.model), tokenizer_fingerprint(ctx.base.tokenizer),
             ctx.seed, ctx.batch_size,  # keys carry the chunk bounds; the limit only says how far to draw
             tasks_fingerprint(ctx), code_and_data_fingerprint(),
+            *_precision_part(ctx),
         ).hexdigest()
         self.dir = Path(root).expanduser() / self.fingerprint
         self.hits = 0  # results served from disk (written by an earlier audit)

@@ -52,6 +52,7 @@ class AuditContext:
     budget: float | None = None  # seconds for the whole audit (sequential); None: no bound
     margins: dict = field(default_factory=dict)  # equivalence margins: "suite.metric" or "metric" -> margin
     judge: str = AuditSection.judge  # the refusal judge's spec (tunelens.judge): rules, probe, rules+probe, hf:PATH, guard:PATH
+    precision: dict | None = None  # how both models are scored: precision.audit_precision's record (None: fp32)
     look: int | None = None  # set by the runner: items drawn so far in the running suite (None: the whole pool)
     quick: bool = False  # set by the runner during looks: entries skip their bootstrap
 

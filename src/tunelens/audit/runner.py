@@ -48,6 +48,9 @@ def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Pat
     for that, as the pipeline's stage hash does) in which some suites failed. The suites that succeeded there
     are taken from its ledger and items files, and only the others run; `reused_suites` in the ledger names them.
     """
+    from ..engines import check_engines, engine_of
+
+    check_engines(ctx.base, ctx.tuned)  # the comparison is of models, never of engines
     suites = list(suites or default_suites())
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
@@ -57,7 +60,9 @@ def run_audit(ctx: AuditContext, suites: list[str] | None = None, out: str | Pat
               "base": _model_info(ctx.base), "tuned": _model_info(ctx.tuned),
               "tasks": [s.name for s in ctx.tasks], "seed": ctx.seed, "limit": ctx.limit,
               "mode": "sequential" if ctx.sequential else "full", "chunk": ctx.chunk, "budget": ctx.budget,
-              "alpha": S.ALPHA, "margins": dict(ctx.margins), "suites": {}}
+              "alpha": S.ALPHA, "margins": dict(ctx.margins), "engine": engine_of(ctx.base),
+              "precision": ctx.precision or {"requested": "fp32", "chosen": "fp32", "why": "not chosen by the caller"},
+              "suites": {}}
     out = Path(out) if out else None
     earlier = _earlier_attempt(out, suites) if resume and out else {}
     # an earlier audit's results here are moved aside, so items/ starts empty and no stale items file can be
@@ -319,7 +324,10 @@ def _earlier_attempt(out: Path, suites: list[str]) -> dict[str, tuple[dict, list
 
 
 def _model_info(h) -> dict:
-    return {"name": h.name, "kind": h.kind, "path": str(h.path) if h.path else None, "base": h.base}
+    from ..engines import engine_info
+
+    return {"name": h.name, "kind": h.kind, "path": str(h.path) if h.path else None, "base": h.base,
+            **engine_info(h)}
 
 
 def _fmt(v, signed=False) -> str:

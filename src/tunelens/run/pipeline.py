@@ -64,13 +64,15 @@ def _settings(cfg: RunConfig, stage: str) -> dict:
             settings, model, merge = cfg.tune_stage(stage)
             return {"model": model, "tune": settings, "merge": merge}
         if "tune" in cfg.stages:
-            return {"model": cfg.model, "tune": cfg.tune}
+            return {"model": cfg.model, "tune": {k: v for k, v in cfg.tune.items() if k != "dtype"},
+                    **_precision(cfg.tune.get("dtype", "auto"))}
         path = Path(cfg.tuned)  # an existing model: its identity is its location and last change
         return {"tuned": str(path.resolve()) if path.exists() else cfg.tuned,
                 "mtime": max((p.stat().st_mtime for p in path.iterdir()), default=0) if path.is_dir() else None}
     base = {"model": cfg.model}
     if stage == "audit":
-        return {**base, **dataclasses.asdict(cfg.audit), "tasks": cfg.audit_tasks()}
+        audit = {k: v for k, v in dataclasses.asdict(cfg.audit).items() if k != "dtype"}
+        return {**base, **audit, "tasks": cfg.audit_tasks(), **_precision(cfg.audit.dtype)}
     if stage == "diff":
         return {**base, **dataclasses.asdict(cfg.diff)}
     if stage == "graft":
@@ -78,6 +80,17 @@ def _settings(cfg: RunConfig, stage: str) -> dict:
     if stage == "repair":
         return {**base, "candidates": cfg.repair.candidates, **S.repair_settings(cfg)}
     return {"enabled": cfg.stages}
+
+
+def _precision(dtype) -> dict:
+    """A stage's precision as far as it changes the result: nothing for fp32 (and for auto where bf16 is not
+    native, which is fp32), so those runs keep the hashes they had before the setting existed."""
+    from ..precision import DTYPES, planned
+
+    if dtype not in DTYPES:
+        return {"precision": dtype}  # refused when the stage runs
+    p = planned(dtype)
+    return {} if p == "fp32" else {"precision": p}
 
 
 def stage_hashes(cfg: RunConfig) -> dict[str, str]:

@@ -82,16 +82,20 @@ def audit_stage(ctx: StageContext) -> dict:
     from ..audit.base_store import attach
     from ..audit.runner import failed_suites
     from ..data import load_task
+    from ..engines import audit_models, scoring_precision
     from ..models import resolve_model
 
     a = ctx.cfg.audit
     specs = [load_task(t) for t in ctx.cfg.audit_tasks()]
-    hb, ht = resolve_model(ctx.base), resolve_model(ctx.tuned, merge_adapter="auto")
-    check_tokenizers(hb, ht)
-    actx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, progress=False,
-                        sequential=not a.full, budget=a.budget, chunk=a.chunk, margins=dict(a.margins), judge=a.judge)
-    store = attach(actx, a.base_cache)
-    ledger = run_audit(actx, a.suites, ctx.out, a.gate or None, resume=ctx.retry)
+    with audit_models(ctx.base, ctx.tuned, a) as (hb, ht):
+        check_tokenizers(hb, ht)
+        (hb, ht), precision = scoring_precision(a, [hb, ht], reload=lambda: (
+            resolve_model(ctx.base), resolve_model(ctx.tuned, merge_adapter="auto")))
+        actx = AuditContext(base=hb, tuned=ht, tasks=specs, limit=a.limit, seed=a.seed, progress=False,
+                            sequential=not a.full, budget=a.budget, chunk=a.chunk, margins=dict(a.margins),
+                            judge=a.judge, precision=precision)
+        store = attach(actx, a.base_cache)
+        ledger = run_audit(actx, a.suites, ctx.out, a.gate or None, resume=ctx.retry)
     failed = [g["expr"] for g in ledger.get("gates", []) if g.get("outcome") == "fail"]
     unsure = [g["expr"] for g in ledger.get("gates", []) if g.get("outcome") == "inconclusive"]
     broken = failed_suites(ledger)

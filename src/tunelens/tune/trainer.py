@@ -28,8 +28,10 @@ from ..errors import TunelensError
 from ..io import write_json
 from ..models.portable import make_portable, warn_unportable
 from ..outdir import claim, put_back, set_aside
+from ..precision import Choice, hardware, training_precision
 from .. import progress as P
 from ..progress import log
+from ..settings import defaults
 from .config import TuneConfig
 from .examples import IGNORE, data_files, parse_mix
 from .objectives import OBJECTIVES
@@ -243,8 +245,10 @@ def _prepare_out(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path | No
         raise TunelensError(f"{run_json}: not valid JSON (line {e.lineno}, column {e.colno}); it is not a tuning "
                             "run tunelens can resume or replace: choose another --out") from None
     previous = run.get("config", {})
+    now = cfg.to_dict()
+    previous = {**defaults(TuneConfig), **previous}  # a run from before a setting existed had its default
     same = {k: v for k, v in previous.items() if k not in _NOT_THE_RUN} == \
-           {k: v for k, v in cfg.to_dict().items() if k not in _NOT_THE_RUN}
+           {k: v for k, v in now.items() if k not in _NOT_THE_RUN}
     if cfg.overwrite:
         return set_aside(out, f".{out.name}.replaced-", beside=True) if _rank() == 0 else None
     elif not same:
@@ -313,10 +317,12 @@ def tune(cfg: TuneConfig) -> Path:
         return final
 
 
-def _training_args(cfg: TuneConfig, out: Path) -> dict:
+def _training_args(cfg: TuneConfig, out: Path, precision) -> dict:
     """The TrainingArguments keywords every objective shares (an objective adds its own and picks the class:
-    TrainingArguments, or TRL's DPOConfig)."""
+    TrainingArguments, or TRL's DPOConfig). `bf16` is always explicit: TRL's configs default to bf16, which
+    CPUs without AVX512-BF16/AMX emulate at a fraction of fp32's speed."""
     return dict(
+        bf16=precision.chosen == "bf16",  # autocast: weights, gradients and optimizer state stay fp32
         output_dir=str(out / CHECKPOINTS),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -369,6 +375,13 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
     model.train()
 
     resume_from = last_checkpoint(out, check=True) if cfg.resume else None
+    if objective.unit == "pair" and cfg.dtype == "auto" and hardware().native:
+        # the calibration times SFT-shaped batches; a preference objective's rows are TRL's to collate
+        precision = Choice("auto", "fp32", "auto: native bf16, but preference objectives are not calibrated: fp32 "
+                                           "(--dtype bf16 to use it)", hardware().describe())
+    else:
+        precision = training_precision(cfg.dtype, model, rows, cfg.batch_size, CompletionCollator(pad_id(tok)),
+                                       completion_loss, cfg.method)
     if _rank() == 0:
         write_json(out / "run.json", {
             "config": cfg.to_dict(), "seed": cfg.seed, "versions": _versions(), "data_files": files,
@@ -377,12 +390,12 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
                          **({"documents": stats.documents, "too_short": stats.too_short}
                             if cfg.objective == "cpt" else {})},
             "model": {"name": handle.name, "kind": handle.kind, "path": str(handle.path) if handle.path else None},
-            "status": "running",
+            "precision": precision.record(), "status": "running",
         })
 
     callbacks = [JsonlLog(out / "train_log.jsonl", resume_step=int(resume_from.name.split("-")[-1]) if resume_from
                           else 0), StepProgress()]
-    trainer = objective.trainer(cfg, model=model, tokenizer=tok, rows=rows, args=_training_args(cfg, out),
+    trainer = objective.trainer(cfg, model=model, tokenizer=tok, rows=rows, args=_training_args(cfg, out, precision),
                                 callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
