@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import struct
 import subprocess
@@ -36,10 +35,14 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from audit import cpu_flags  # noqa: E402  (every bench prints the same CPU line)
+
 SHAPES = {"gate_proj": (11008, 4096), "up_proj": (11008, 4096), "down_proj": (4096, 11008)}
 CHILD = """
 import json, resource, sys, time
 from tunelens.diff import diff_models
+
 t0 = time.perf_counter()
 r = diff_models(sys.argv[1], sys.argv[2], out=sys.argv[3], rank=False)
 print(json.dumps({"seconds": time.perf_counter() - t0, "stream_seconds": r["summary"]["seconds"],
@@ -103,15 +106,6 @@ def write_pair(root: Path, n_tensors: int, n_shards: int, every: int, density: f
         (root / model / "model.safetensors.index.json").write_text(json.dumps(index))
     params = sum(shape[0] * shape[1] for _, shape in specs)
     return params, files
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split()
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-    keep = [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c")]
-    return " ".join(sorted(keep)) or "no avx"
 
 
 def evict(files) -> None:

@@ -32,22 +32,15 @@ import argparse
 import logging
 import math
 import os
-import platform
 import random
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from audit import cpu_flags  # noqa: E402  (every bench prints the same CPU line)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split()
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-    keep = [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c")]
-    return " ".join(sorted(keep)) or "no avx"
 
 
 def load() -> str:

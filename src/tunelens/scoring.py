@@ -90,6 +90,21 @@ def fit_left(ids: list[int], room: int) -> tuple[list[int], int]:
     return (ids[cut:] if cut else ids), cut
 
 
+def fit_prompts(tokenizer, prompts: list[str], max_length: int, max_new_tokens: int,
+                desc: str) -> tuple[list[list[int]], list[int]]:
+    """(token ids, tokens cut) per prompt for generation: each keeps room for max_new_tokens in max_length, losing
+    its start when it does not fit (one warning line counts them). Every engine fits its prompts here."""
+    room = max_length - max_new_tokens
+    if room < 1:
+        raise TunelensError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+                            f"{max_length:,}-token context; lower max_new_tokens")
+    fitted = [fit_left(encode(tokenizer, p), room) for p in prompts]
+    encoded, cuts = [e for e, _ in fitted], [c for _, c in fitted]
+    _warn_truncated(desc, [len(e) for e, c in zip(encoded, cuts) if c], len(prompts), max_length,
+                    f"with max_new_tokens={max_new_tokens}")
+    return encoded, cuts
+
+
 def n_truncated(results) -> int:
     """How many items of a loglikelihood or generate result had their prompt cut to fit the context."""
     return sum(1 for r in results if (r[0] if isinstance(r, list) else r).truncated)
@@ -445,15 +460,7 @@ def generate(
                               desc=desc, score_ids=score_ids, max_length=max_length)
     stop = list(stop or [])
     device = _device(model)
-    max_length = max_length or context_length(model)
-    room = max_length - max_new_tokens
-    if room < 1:
-        raise TunelensError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
-                            f"{max_length:,}-token context; lower max_new_tokens")
-    fitted = [fit_left(encode(tokenizer, p), room) for p in prompts]
-    encoded, cuts = [e for e, _ in fitted], [c for _, c in fitted]
-    _warn_truncated(desc, [len(e) for e, c in zip(encoded, cuts) if c], len(prompts), max_length,
-                    f"with max_new_tokens={max_new_tokens}")
+    encoded, cuts = fit_prompts(tokenizer, prompts, max_length or context_length(model), max_new_tokens, desc)
     prefix = _generation_prefix(model, encoded) if share_prefix else None
     n_prefix = prefix[0] if prefix else 0
     rest = [e[n_prefix:] for e in encoded]

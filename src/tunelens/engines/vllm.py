@@ -222,18 +222,11 @@ class VLLMModel:
     def generate(self, tokenizer, prompts, *, max_new_tokens=64, stop=None, progress=True, desc="generating",
                  score_ids=None, max_length=None, **_unused):
         """scoring.generate on the server: greedy, the same prompt tokens, stop and end-of-text handling."""
-        from ..scoring import Generation, _cut_at_stop, _warn_truncated, encode, fit_left
+        from ..scoring import Generation, _cut_at_stop, fit_prompts
 
         stop = list(stop or [])
         max_length = min(max_length or self.config.max_position_embeddings, self.server_len)
-        room = max_length - max_new_tokens
-        if room < 1:
-            raise TunelensError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
-                                f"{max_length:,}-token context; lower max_new_tokens")
-        fitted = [fit_left(encode(tokenizer, p), room) for p in prompts]
-        encoded, cuts = [e for e, _ in fitted], [c for _, c in fitted]
-        _warn_truncated(desc, [len(e) for e, c in zip(encoded, cuts) if c], len(prompts), max_length,
-                        f"with max_new_tokens={max_new_tokens}")
+        encoded, cuts = fit_prompts(tokenizer, prompts, max_length, max_new_tokens, desc)
         params = {"max_tokens": max_new_tokens, "temperature": 0.0, "logprobs": 0, "return_token_ids": True,
                   "return_tokens_as_token_ids": True, "skip_special_tokens": True}
         if stop:
