@@ -49,6 +49,16 @@ def cpu_flags() -> str:
     return " ".join(sorted(keep)) or "no avx"
 
 
+def tuned_model(args, tmp: str) -> str:
+    """--tuned, or a LoRA adapter tuned on the telecom routing task for --tune-steps steps (not timed)."""
+    if args.tuned:
+        return args.tuned
+    from tunelens.tune import load_config, tune
+
+    return str(tune(load_config(data=["telecom-intent"], out=str(Path(tmp) / "tune"), max_steps=args.tune_steps,
+                                save_steps=10_000, progress=False)))
+
+
 def headline(ledger: dict) -> dict[str, dict]:
     return {f"{s}.{e['metric']}": e for s, b in ledger["suites"].items() if b.get("status") == "ok"
             for e in b.get("entries", []) if e.get("role") == "headline"}
@@ -119,12 +129,7 @@ def main() -> None:
     print(f"cpu: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
     suites = args.suites.split(",") if args.suites else list(default_suites())
     with tempfile.TemporaryDirectory() as tmp:
-        tuned = args.tuned
-        if not tuned:
-            from tunelens.tune import load_config, tune
-
-            tuned = str(tune(load_config(data=["telecom-intent"], out=str(Path(tmp) / "tune"),
-                                         max_steps=args.tune_steps, save_steps=10_000, progress=False)))
+        tuned = tuned_model(args, tmp)
         base, tuned_h = resolve_model("default"), resolve_model(tuned, merge_adapter="auto")
 
         def audit(name: str, sequential: bool, store: str) -> tuple[dict, float]:
@@ -209,12 +214,7 @@ def vllm_main(args) -> None:
     print(f"cpu: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
     suites = args.suites.split(",") if args.suites else list(default_suites())
     with tempfile.TemporaryDirectory() as tmp:
-        tuned = args.tuned
-        if not tuned:
-            from tunelens.tune import load_config, tune
-
-            tuned = str(tune(load_config(data=["telecom-intent"], out=str(Path(tmp) / "tune"),
-                                         max_steps=args.tune_steps, save_steps=10_000, progress=False)))
+        tuned = tuned_model(args, tmp)
 
         def audit(name, base, tuned_h) -> tuple[dict, float]:
             ctx = AuditContext(base=base, tuned=tuned_h, tasks=[load_task("telecom-intent")], progress=False,
