@@ -5,13 +5,12 @@ the base's right answers), SFT on preference pairs, and the settings' checks."""
 import json
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from test_tune import (PYTHON, ROOT, TORCHRUN, WORKER, _log_steps, assert_tensors_close, free_port, load_st,
+from test_tune import (ROOT, TORCHRUN, WORKER, _log_steps, assert_tensors_close, free_port, kill_when, load_st,
                        read_log, run_worker, worker_env, write_task)
 from tunelens.cli import app
 from tunelens.errors import TunelensError
@@ -172,24 +171,8 @@ def test_dpo_kill_and_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
                 batch_size=4, save_steps=3, save_total_limit=2, seed=1234, learning_rate=1e-2, progress=False)
     out_a, out_b = tmp_path / "a", tmp_path / "b"
     run_worker({**base, "out": str(out_a)}, tmp_path / "a.log")
-    log_b = tmp_path / "b.log"
-    with open(log_b, "w") as f:
-        proc = subprocess.Popen([PYTHON, str(WORKER), json.dumps({**base, "out": str(out_b), "step_sleep": 0.4})],
-                                cwd=ROOT, env=worker_env(), stdout=f, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 240
-        while not ((out_b / "checkpoints" / "checkpoint-3").is_dir() and max(_log_steps(out_b), default=0) >= 4):
-            if proc.poll() is not None:
-                pytest.fail(f"run b ended ({proc.returncode}) before it was killed:\n{log_b.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("run b did not reach checkpoint-3 in time")
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = kill_when({**base, "out": str(out_b), "step_sleep": 0.4}, tmp_path / "b.log", out_b, checkpoint=3, step=4)
+    assert proc.returncode == -signal.SIGKILL
     assert not (out_b / "model").exists() and 4 <= max(_log_steps(out_b)) < 8
     run_worker({**base, "out": str(out_b), "resume": True}, tmp_path / "b2.log")
     la, lb = read_log(out_a), read_log(out_b)

@@ -453,6 +453,30 @@ def test_bad_values_in_the_config_file_name_file_and_line(tmp_path):
 # ---------------------------------------------------------------------------------------------------- 6. kill + resume
 
 
+def kill_when(spec: dict, log: Path, out: Path, checkpoint: int, step: int, timeout: float = 240):
+    """Start the worker on `spec` and SIGKILL it once checkpoint-`checkpoint` is in place and step `step` is
+    logged; fails the test if it ends or stalls first. Returns the killed process."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen([PYTHON, str(WORKER), json.dumps(spec)], cwd=ROOT, env=worker_env(), stdout=f,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ((out / "checkpoints" / f"checkpoint-{checkpoint}").is_dir()
+                   and max(_log_steps(out), default=0) >= step):
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended ({proc.returncode}) before it could be killed:\n{log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the run did not reach checkpoint-{checkpoint} in time")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc
+
+
 def _log_steps(out: Path) -> list[int]:
     try:
         text = (out / "train_log.jsonl").read_text()
@@ -476,26 +500,7 @@ def test_kill_and_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
     run_worker({**base, "out": str(out_a)}, tmp_path / "a.log")
 
     # b: slow steps, killed once checkpoint-6 is in place and step 7 is logged (so the log runs past the checkpoint)
-    log_b = tmp_path / "b.log"
-    with open(log_b, "w") as f:
-        proc = subprocess.Popen([PYTHON, str(WORKER), json.dumps({**base, "out": str(out_b), "step_sleep": 0.3})],
-                                cwd=ROOT, env=worker_env(), stdout=f, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"run b ended ({proc.returncode}) before it could be killed:\n{log_b.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("run b did not reach checkpoint-6 in time")
-            if (out_b / "checkpoints" / "checkpoint-6").is_dir() and max(_log_steps(out_b), default=0) >= 7:
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = kill_when({**base, "out": str(out_b), "step_sleep": 0.3}, tmp_path / "b.log", out_b, checkpoint=6, step=7)
     assert proc.returncode == -signal.SIGKILL
     assert not (out_b / "model").exists(), "killed before finishing"
     killed_steps = _log_steps(out_b)
