@@ -1,0 +1,94 @@
+"""Tables of bench/claims.sh's runs, in Markdown, as docs/claims.md quotes them.
+
+For each run folder under OUT: the tune's record (objective, method, precision, steps, final loss), the
+audit's entries (base, tuned, paired delta with its 95% interval, n, the decision and the verdict) and, where
+a diff was taken, the update's sparsity per module type (fraction unchanged exactly, |Δ| ≤ 1e-5, and equal
+after bf16 rounding). Reads only the JSON the commands wrote; prints to stdout.
+
+    python bench/claims_table.py out/claims
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _f(x, nd=3):
+    return "—" if x is None else f"{x:.{nd}f}"
+
+
+def _ci(ci):
+    return "—" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def tune_line(run: Path) -> str | None:
+    p = run / "run.json"
+    if not p.exists():
+        return None
+    r = json.loads(p.read_text())
+    cfg = r.get("config") or {}
+    log = run / "train_log.jsonl"
+    losses = []
+    if log.exists():
+        for line in log.read_text().splitlines():
+            rec = json.loads(line)
+            if "loss" in rec:
+                losses.append(float(rec["loss"]))
+    prec = (r.get("precision") or {}).get("chosen", "?")
+    first, last = (f"{losses[0]:.3f}", f"{losses[-1]:.3f}") if losses else ("?", "?")
+    return (f"tune: objective={cfg.get('objective', 'sft')} method={cfg.get('method')} precision={prec} "
+            f"steps={(r.get('train') or {}).get('global_step')} loss {first} -> {last} "
+            f"safety_mix={cfg.get('safety_mix')} compat_weight={cfg.get('compat_weight')}")
+
+
+def audit_table(run: Path) -> list[str]:
+    p = run / "audit" / "ledger.json"
+    if not p.exists():
+        return []
+    led = json.loads(p.read_text())
+    out = [f"verdict: **{led.get('verdict', {}).get('verdict') if isinstance(led.get('verdict'), dict) else led.get('verdict')}**",
+           "", "| suite | metric | base | tuned | Δ (95% CI) | n | decision |", "|---|---|---|---|---|---|---|"]
+    for suite, block in led["suites"].items():
+        if block.get("status") != "ok":
+            out.append(f"| {suite} | failed: {block.get('error')} | | | | | |")
+            continue
+        for e in block["entries"]:
+            if "." in e["metric"] and e.get("role") != "headline":
+                continue  # per-category rows: in the run's summary.md
+            out.append(f"| {suite} | {e['metric']} | {_f(e['base'])} | {_f(e['tuned'])} | "
+                       f"{_f(e['delta'], 3) if e['delta'] is not None else '—'} {_ci(e.get('ci95'))} | {e['n']} | "
+                       f"{e.get('decision') or ''} |")
+    return out
+
+
+def diff_table(run: Path) -> list[str]:
+    p = run / "diff" / "diff.json"
+    if not p.exists():
+        return []
+    d = json.loads(p.read_text())
+    rows = [{"module": "all", **d["summary"]}] + d["aggregates"]["by_module"]
+    out = ["| module | numel | unchanged (Δ=0) | unchanged (|Δ|≤1e-5) | unchanged after bf16 rounding |",
+           "|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['module']} | {r['numel']:,} | {1 - r['frac_changed']:.4f} | {1 - r['frac_changed_abs']:.4f} | "
+                   f"{1 - r['frac_changed_bf16']:.4f} |")
+    return out
+
+
+def main(root: str) -> None:
+    for run in sorted(Path(root).iterdir()):
+        if not run.is_dir():
+            continue
+        print(f"### {run.name}\n")
+        t = tune_line(run)
+        if t:
+            print(t + "\n")
+        for block in (audit_table(run), diff_table(run)):
+            if block:
+                print("\n".join(block) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "out/claims")
