@@ -222,10 +222,10 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _peft_config(cfg: TuneConfig):
+def _method(cfg: TuneConfig):
     from .methods import TUNING_METHODS
 
-    return TUNING_METHODS[cfg.method]().peft_config(cfg)
+    return TUNING_METHODS[cfg.method]()
 
 
 _NOT_THE_RUN = ("resume", "overwrite", "progress", "out")  # settings that do not change what is trained
@@ -369,9 +369,11 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
                     "and were truncated (prompt cut from the left)")
     model = handle.model
     model.config.use_cache = False
-    peft_cfg = _peft_config(cfg)
+    method = _method(cfg)
+    peft_cfg = method.peft_config(cfg)
     if peft_cfg is not None:
         model = get_peft_model(model, peft_cfg)
+    model = method.prepare(model, cfg)
     model.train()
 
     resume_from = last_checkpoint(out, check=True) if cfg.resume else None

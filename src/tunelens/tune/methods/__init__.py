@@ -1,7 +1,7 @@
 """Tuning methods, registered by name: one file each, its settings' meaning and its PEFT config beside its code.
 
-A method says how the model is wrapped for training (`peft_config`, or None to train every weight) and the
-learning rate it gets when none is given. Adding one is a new file here that registers itself (every module in
+A method says how the model is wrapped for training (`peft_config`, or None to train every weight), what it
+changes in the wrapped model before training (`prepare`, e.g. LoRA's faster dropout) and the learning rate it gets when none is given. Adding one is a new file here that registers itself (every module in
 this folder is imported) — or, outside the package, one file loaded as a plug-in (tunelens.plugins: entry points
 `tunelens.tuning_methods` and TUNELENS_PLUGINS), read here before anything lists the names. `tune --method`, the
 run config and the CLI help read the names from the registry, and a name taken twice is an error
@@ -27,6 +27,10 @@ class TuningMethod:
     def peft_config(self, cfg):
         """The PEFT config that wraps the model (cfg: TuneConfig), or None to train the model itself."""
         return None
+
+    def prepare(self, model, cfg):
+        """Adjust the wrapped model before training (cfg: TuneConfig); returns the model. Default: as it is."""
+        return model
 
 
 from ... import plugins  # noqa: E402
