@@ -6,7 +6,7 @@
 # bench/claims_table.py. Steps whose output exists are skipped, so the script resumes where it was
 # stopped. One heavy job at a time: on a 2-core CPU the whole script takes about two hours.
 #
-#   bench/claims.sh [safemix|cpt|sparsity|flips|preference ...]   (default: all, in that order)
+#   bench/claims.sh [safemix|preference|sparsity|flips|cpt ...]   (default: all, in that order)
 #   CLAIMS_OUT=out/claims  (where the runs go)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,38 +45,43 @@ cpt() {  # SafeCOMM: continued pretraining on telecom text, no chat data at all
 sparsity() {  # RL finetunes small subnetworks: DPO vs SFT, full fine-tuning, same pairs and steps
   # bf16 is emulated on an AVX2-only CPU (matmuls ~9x slower), so bf16 runs take fewer steps; the fp32 runs
   # are repeated at that budget so each precision has its like-for-like pair
-  local steps=${SPARSITY_STEPS:-16} short=${SPARSITY_BF16_STEPS:-4}
+  local steps=${SPARSITY_STEPS:-4} short=${SPARSITY_BF16_STEPS:-4}
   local common=(--data preference-pairs --method full --batch-size 4 --max-length 192 --seed 0 --save-steps 1000)
   local runs=()
   for obj in sft dpo; do
-    tune "sparsity-$obj-fp32-$steps" "${common[@]}" --objective $obj --max-steps "$steps" --dtype fp32
     tune "sparsity-$obj-fp32-$short" "${common[@]}" --objective $obj --max-steps "$short" --dtype fp32
     tune "sparsity-$obj-bf16-$short" "${common[@]}" --objective $obj --max-steps "$short" --dtype bf16
-    runs+=("sparsity-$obj-fp32-$steps" "sparsity-$obj-fp32-$short" "sparsity-$obj-bf16-$short")
+    runs+=("sparsity-$obj-fp32-$short" "sparsity-$obj-bf16-$short")
   done
+  if [ "$steps" -gt "$short" ]; then
+    for obj in sft dpo; do
+      tune "sparsity-$obj-fp32-$steps" "${common[@]}" --objective $obj --max-steps "$steps" --dtype fp32
+      runs+=("sparsity-$obj-fp32-$steps")
+    done
+  fi
   for n in "${runs[@]}"; do
     [ -e "$OUT/$n/diff/diff.json" ] || tl diff --tuned "$OUT/$n/model" --no-rank --out "$OUT/$n/diff"
   done
 }
 
 flips() {  # MUSCLE: flip-aware tuning (focal distillation toward the base) vs plain SFT
-  local adam=(--data telecom-intent --max-steps 48 --batch-size 8 --lr 2e-4 --lora-r 16 --save-steps 16 --seed 0)
+  local adam=(--data telecom-intent --max-steps 32 --batch-size 8 --lr 2e-4 --lora-r 16 --save-steps 16 --seed 0)
   tune flips-plain "${adam[@]}"
   audit flips-plain task,compatibility --task telecom-intent
-  for w in 1 4; do
+  for w in ${FLIP_WEIGHTS:-1}; do
     tune "flips-compat-$w" "${adam[@]}" --compat-weight "$w"
     audit "flips-compat-$w" task,compatibility --task telecom-intent
   done
 }
 
 preference() {  # RewardBench-style: the preference suite before and after DPO on the safety pairs
-  tune dpo-safety --objective dpo --data safety-preferences --max-steps 42 --batch-size 4 --lr 5e-5 \
+  tune dpo-safety --objective dpo --data safety-preferences --max-steps 28 --batch-size 4 \
     --lora-r 16 --save-steps 14 --seed 0
   audit dpo-safety preference,safety,over_refusal
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(safemix cpt sparsity flips preference)
+[ ${#stages[@]} -gt 0 ] || stages=(safemix preference sparsity flips cpt)
 for s in "${stages[@]}"; do
   echo "== $s ($(date +%H:%M:%S))"
   "$s"
