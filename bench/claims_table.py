@@ -48,7 +48,8 @@ def audit_table(run: Path) -> list[str]:
     if not p.exists():
         return []
     led = json.loads(p.read_text())
-    out = [f"verdict: **{led.get('verdict', {}).get('verdict') if isinstance(led.get('verdict'), dict) else led.get('verdict')}**",
+    verdict = led.get("verdict") or {}
+    out = [f"verdict: **{verdict.get('label')}** ({verdict.get('why', '')})",
            "", "| suite | metric | base | tuned | Δ (95% CI) | n | decision |", "|---|---|---|---|---|---|---|"]
     for suite, block in led["suites"].items():
         if block.get("status") != "ok":
