@@ -35,6 +35,7 @@ class Scratch:
         self.d2 = torch.empty(n)
         self.m2 = torch.empty(n)
         self.bw = torch.empty(n, dtype=torch.bfloat16)
+        self.bt = torch.empty(n, dtype=torch.bfloat16)
         self._full = self._make(n)
 
     def views(self, k: int) -> "_Views":
@@ -44,7 +45,8 @@ class Scratch:
         v = _Views()
         v.wd = self.wd[:, :k]
         v.w, v.d = v.wd[0], v.wd[1]
-        v.t, v.a, v.y, v.d2, v.m2, v.bw = (b[:k] for b in (self.t, self.a, self.y, self.d2, self.m2, self.bw))
+        v.t, v.a, v.y, v.d2, v.m2, v.bw, v.bt = (b[:k] for b in (self.t, self.a, self.y, self.d2, self.m2, self.bw,
+                                                                 self.bt))
         v.masks = self.masks[:, :k]
         v.m = list(v.masks)
         v.flat = self.wd.view(-1)  # 2n elements, for the ‖W‖²-only pass
@@ -174,10 +176,8 @@ class DeltaAccumulator:
         torch.gt(a, y, out=m[2])  # W = 0 and Δ ≠ 0 counts as changed; W = Δ = 0 does not
         if self.bf16_exact:
             m[3].copy_(m[0])
-        else:  # round both to bf16 and back, compare
-            y.copy_(v.bw.copy_(v.w))
-            a.copy_(v.bw.copy_(v.t))
-            torch.ne(y, a, out=m[3])
+        else:  # round both to bf16, compare there (as floats: -0 equals +0, as everywhere else here)
+            torch.ne(v.bw.copy_(v.w), v.bt.copy_(v.t), out=m[3])
         return v.masks.sum(dim=1)
 
     def _other(self, v: _Views, same1: bool, t2, d2_in) -> torch.Tensor:
