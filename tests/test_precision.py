@@ -246,3 +246,23 @@ def test_audit_auto_falls_back_to_reloaded_fp32_when_bf16_disagrees(tiny_model_d
 
     with pytest.raises(TunelensError, match="--dtype bf16: bf16 disagrees with fp32"):
         PR.audit_precision("bf16", _handles(tiny_model_dir), hw=NATIVE)
+
+
+def test_match_precision_scores_a_candidate_like_its_base(tiny_model_dir, monkeypatch):
+    """A repair sweep's candidates follow the reference audit's choice: fp32 leaves them, bf16 casts each after
+    its own agreement check, and a candidate that disagrees is an error naming it."""
+    import torch
+
+    from tunelens.errors import TunelensError
+
+    h = _handles(tiny_model_dir)[0]
+    fp32 = {"requested": "auto", "chosen": "fp32", "why": "auto: no native bf16"}
+    assert PR.match_precision(fp32, h, "cand") is fp32
+    assert next(h.model.parameters()).dtype == torch.float32
+    bf16 = {"requested": "bf16", "chosen": "bf16", "why": "bf16: agrees", "agreement": None}
+    rec = PR.match_precision(bf16, h, "cand")
+    assert rec["chosen"] == "bf16" and rec["agreement"]["argmax_agreement"] >= 0.99 and "cand agrees" in rec["why"]
+    assert next(h.model.parameters()).dtype == torch.bfloat16
+    monkeypatch.setattr(PR, "AGREEMENT", {**PR.AGREEMENT, "max_abs_dll": 0.0, "mean_abs_dll": 0.0})
+    with pytest.raises(TunelensError, match="other-cand: bf16 disagrees with fp32.*--dtype fp32"):
+        PR.match_precision(bf16, _handles(tiny_model_dir)[0], "other-cand")

@@ -170,3 +170,35 @@ def test_cli_repair_one_candidate(tiny_model_dir, tiny_adapter_dir, aligned_dir,
                                    "--method", "safelora", "--aligned", str(aligned_dir), "--tau", "3",
                                    "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2 and "tau" in bad.output
+
+
+def test_sweep_scores_every_model_at_one_precision(tiny_model_dir, tiny_adapter_dir, mc_task_file, tmp_path):
+    """--dtype bf16 (emulated on an AVX2-only CPU: slow, but the tiny model is fast): the base and the tuned
+    reference are checked and cast once, every candidate is checked and cast too, and each ledger says so."""
+    res = run_sweep(str(tiny_model_dir), str(tiny_adapter_dir), [{"method": "interpolate", "alpha": 0.5,
+                                                                  "name": "half"}],
+                    tmp_path / "sw", suites=["task"], tasks=[str(mc_task_file)], limit=3, progress=False, dtype="bf16")
+    assert res["precision"]["chosen"] == "bf16" and res["engine"] == "hf"
+    assert res["rows"][0]["status"] == "ok", res["rows"][0].get("error")
+    ref = json.loads((tmp_path / "sw" / "tuned" / "audit" / "ledger.json").read_text())
+    cand = json.loads((tmp_path / "sw" / "candidates" / "half" / "audit" / "ledger.json").read_text())
+    assert ref["precision"]["chosen"] == cand["precision"]["chosen"] == "bf16"
+    assert len(ref["precision"]["agreement"]) == 2  # base and tuned
+    assert "half" in cand["precision"]["why"] and cand["precision"]["agreement"]["greedy_agreement"] >= 0.9
+    assert "Every model scored in bf16" in (tmp_path / "sw" / "sweep.md").read_text()
+
+
+def test_cli_sweep_refuses_a_bad_dtype(tiny_model_dir, tiny_adapter_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelens.cli import app
+
+    f = tmp_path / "sweep.yaml"
+    f.write_text("candidates: [{method: interpolate, alpha: 0.5}]\n")
+    r = CliRunner().invoke(app, ["repair", "--sweep", str(f), "--base", str(tiny_model_dir), "--tuned",
+                                 str(tiny_adapter_dir), "--dtype", "bf61", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--dtype must be one of" in r.output and "bf16" in r.output
+    f.write_text("candidates: [{method: interpolate, alpha: 0.5}]\ndtype: fp31\n")
+    r = CliRunner().invoke(app, ["repair", "--sweep", str(f), "--base", str(tiny_model_dir), "--tuned",
+                                 str(tiny_adapter_dir), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "fp32" in r.output

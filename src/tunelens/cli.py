@@ -470,6 +470,10 @@ def repair_cmd(
     select: Optional[str] = typer.Option(None, "--select", help="With --sweep: constraints the pick must meet, e.g. "
                                                                 "\"task.accuracy >= 0.9*tuned\" (base/tuned: the "
                                                                 "reference rows' value of that metric)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="With --sweep: precision of every re-audit, auto "
+                                                              "(default: fp32, or bf16 where native and in "
+                                                              "agreement with fp32), fp32 or bf16; base, tuned and "
+                                                              "every candidate are scored alike."),
 ):
     """Repair what a fine-tune broke, writing a candidate model folder or PEFT adapter.
 
@@ -486,6 +490,7 @@ def repair_cmd(
 
         from .repair.sweep import load_sweep_file
 
+        from .precision import check_dtype
         from .run.config import SweepFile
 
         cfg = SweepFile(**load_sweep_file(sweep))  # every key and value checked, with "did you mean" for a typo
@@ -497,7 +502,8 @@ def repair_cmd(
 
         with claim(out, "sweep"):
             res = run_sweep(str(base), str(tuned), cfg.candidates, out, suites=list(cfg.suites or SweepFile().suites),
-                            tasks=list(cfg.tasks or []), limit=cfg.limit, select=select or cfg.select)
+                            tasks=list(cfg.tasks or []), limit=cfg.limit, select=select or cfg.select,
+                            dtype=check_dtype(dtype or cfg.dtype or "auto", "--dtype"))
         typer.echo((out / "sweep.md").read_text(encoding="utf-8"))
         typer.echo(f"wrote {out / 'sweep.json'}" + (f"; selected {res['selected']} -> {out / 'selected'}"
                                                      if res["selected"] else ""))

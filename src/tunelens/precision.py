@@ -409,3 +409,22 @@ def audit_precision(dtype: str, handles: list, reload=None, hw: Hardware | None 
         raise TunelensError(f"{why}, and the fp32 models cannot be reloaded")
     record["why"] = f"auto: {why}; fp32"
     return list(reload()), record
+
+
+def match_precision(record: dict, handle, name: str) -> dict:
+    """Score one more model (a repair candidate) at the precision an audit already chose for its base, so the
+    base and every model compared with it are scored alike. fp32: nothing to do. bf16: the same probe-set check
+    as audit_precision, for this model alone; a model whose bf16 scores disagree with its fp32 ones is an error
+    naming it (comparing it in fp32 with a bf16 base would mix precisions). Returns the model's ledger record."""
+    from .errors import TunelensError
+
+    if record.get("chosen") != "bf16":
+        return record
+    ref = probe_scores(handle)
+    to_bf16(handle)
+    figures = compare(ref, probe_scores(handle, ref["greedy"]))
+    missed = passes(figures)
+    if missed:
+        raise TunelensError(f"{name}: bf16 disagrees with fp32 on the precision probe set ({'; '.join(missed)}), "
+                            f"while its base is scored in bf16; run the sweep with --dtype fp32")
+    return {**record, "agreement": figures, "why": f"{record.get('why', 'bf16')}; {name} agrees in bf16 as well"}

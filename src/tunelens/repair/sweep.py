@@ -36,16 +36,22 @@ SCHEMA = "tunelens.sweep/1"
 
 
 def _audit(base_handle, model_spec: str, specs, suites, limit, out: Path, memo: dict, progress: bool,
-           resume: bool = False, judge: str = _AUDIT.judge) -> dict:
+           resume: bool = False, judge: str = _AUDIT.judge, precision: dict | None = None, handle=None) -> dict:
     """Audit one model against the base; ``memo`` is the base model's results shared by every audit of the
-    sweep (AuditContext.base_cache), so the base is evaluated and generated for once."""
+    sweep (AuditContext.base_cache), so the base is evaluated and generated for once. ``precision``: the
+    record of how the base is scored (the reference audit's choice); the model is scored the same way.
+    ``handle``: the model already loaded (and cast) by the caller."""
     from ..audit import AuditContext, check_tokenizers, run_audit
     from ..models import resolve_model
+    from ..precision import match_precision
 
-    handle = resolve_model(model_spec, merge_adapter="auto")  # merged: same outputs, faster forward passes
+    if handle is None:
+        handle = resolve_model(model_spec, merge_adapter="auto")  # merged: same outputs, faster forward passes
+        if precision is not None:
+            precision = match_precision(precision, handle, model_spec)
     check_tokenizers(base_handle, handle)
     ctx = AuditContext(base=base_handle, tuned=handle, tasks=specs, limit=limit, progress=progress, base_cache=memo,
-                       judge=judge)
+                       judge=judge, precision=precision)
     with P.reporting(None):  # the sweep reports candidates, not each re-audit's suites
         ledger = run_audit(ctx, suites=suites, out=out, resume=resume)
     del handle, ctx
@@ -278,8 +284,12 @@ def _say(progress: bool, msg: str) -> None:
 
 def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suites: list[str], tasks: list[str],
               limit: int | None = None, select: str | None = None, progress: bool = True,
-              base_cache: bool | str | Path | None = None, resume: bool = False, judge: str = _AUDIT.judge) -> dict:
+              base_cache: bool | str | Path | None = None, resume: bool = False, judge: str = _AUDIT.judge,
+              dtype: str = _AUDIT.dtype) -> dict:
     """`judge`: the refusal judge of every re-audit (the audit's own, so candidates are read the same way).
+    `dtype`: the precision every re-audit scores at, chosen once for the base and the tuned model like an
+    audit's (tunelens.precision.audit_precision: fp32, or bf16 where native and in agreement) and then required
+    of every candidate (a candidate that disagrees in bf16 fails, naming itself).
     `resume`: `out` holds an earlier attempt of this same sweep in which something failed; candidates that
     succeeded there are reused as they are, failed ones are repaired and re-audited again (their audits and the
     reference audit reuse the suites that succeeded)."""
@@ -287,17 +297,24 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
     from ..audit.base_store import BaseStore, store_dir
     from ..data import load_task
     from ..models import resolve_model
+    from ..precision import audit_precision
     from .core import repair
 
     out = Path(out)
     check_sweep(candidates, suites=suites, tasks=tasks, limit=limit, select=select)  # fail before models load
     specs = [load_task(t) for t in tasks]
     base_handle = resolve_model(base)
+    tuned_handle = resolve_model(tuned, merge_adapter="auto")
+    (base_handle, tuned_handle), precision = audit_precision(dtype, [base_handle, tuned_handle], reload=lambda: (
+        resolve_model(base), resolve_model(tuned, merge_adapter="auto")))
     memo: dict = {}
     if folder := store_dir(base_cache):  # keep the base model's results on disk for the next sweep, too
-        memo = BaseStore(folder, AuditContext(base=base_handle, tuned=base_handle, tasks=specs, limit=limit))
-    _say(progress, f"sweep: auditing the tuned model '{tuned}' (reference row)")
-    ref = _audit(base_handle, tuned, specs, suites, limit, out / "tuned" / "audit", memo, progress, resume, judge)
+        memo = BaseStore(folder, AuditContext(base=base_handle, tuned=base_handle, tasks=specs, limit=limit,
+                                              precision=precision))
+    _say(progress, f"sweep: auditing the tuned model '{tuned}' (reference row; scored in {precision['chosen']})")
+    ref = _audit(base_handle, tuned, specs, suites, limit, out / "tuned" / "audit", memo, progress, resume, judge,
+                 precision, handle=tuned_handle)
+    del tuned_handle
     axes = axes_of(ref)
     higher = directions(ref, axes)
     earlier = _earlier_rows(out) if resume else {}
@@ -328,7 +345,7 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
                     row["kind"], row["summary"], row["out"] = res.kind, res.summary, str(res.out)
                 _say(progress, f"sweep: {name}: auditing")
                 ledger = _audit(base_handle, row["out"], specs, suites, limit, path / "audit", memo, progress,
-                                resume, judge)
+                                resume, judge, precision)
             broken = failed_suites(ledger)
             if broken:  # a candidate whose re-audit lost a suite cannot be compared on it
                 row.update(status="failed", error=f"audit suite(s) failed: {', '.join(broken)}")
@@ -349,7 +366,8 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
               "base": scores(ref, axes, side="base"), "tuned": scores(ref, axes), "base_model": base,
               "tuned_model": tuned, "suites": suites, "tasks": tasks, "limit": limit, "selected": None,
               "select": select, "reference_failed_suites": failed_suites(ref), "reused": reused,
-              "tuned_decisions": decisions_of(ref)}
+              "tuned_decisions": decisions_of(ref), "engine": "hf",
+              "precision": {k: precision.get(k) for k in ("requested", "chosen", "why")}}
     if select:
         refs = {"base": {n: e.get("base") for n, e in entries_by_name(ref).items()},
                 "tuned": {n: e.get("tuned") for n, e in entries_by_name(ref).items()}}
@@ -405,7 +423,8 @@ def sweep_markdown(result: dict) -> str:
              "Values with the 95% paired interval of the change from the base, on the value's scale. "
              "★ = Pareto front, ✔ = selected" + (f" by `{result['select']}`" if result.get("select") else "") + ". "
              "Decided: the headline comparisons with the base that each sequential re-audit decided (gain, cost, "
-             "equivalent) out of all; the rest are inconclusive at the re-audit's pool.",
+             "equivalent) out of all; the rest are inconclusive at the re-audit's pool."
+             + (f" Every model scored in {p['chosen']} ({p['why']})." if (p := result.get("precision")) else ""),
              "", "| candidate | method | " + " | ".join(head) + " | verdict | decided | |",
              "|---|---|" + "---|" * len(axes) + "---|---|---|",
              "| base | – | " + " | ".join(_cell(result["base"].get(a)) for a in axes) + " | | | |",

@@ -193,9 +193,16 @@ class RepairSection:
     limit: int | None = setting(None, "Items per re-audit pool (default: the audit's).", says_default=True)
     select: str | None = setting(None, "Constraints the pick must meet, e.g. \"task.accuracy >= 0.9*tuned\" "
                                        "(base/tuned: the reference rows' value of that metric).")
+    dtype: str | None = setting(None, "Precision of every re-audit: auto, fp32 or bf16 (default: the audit's; the "
+                                      "sweep scores with transformers in this process, whatever the audit's "
+                                      "engine).", says_default=True)
 
     def __post_init__(self):
         C.mappings(self.candidates, "candidates", example="[{method: interpolate, alpha: 0.5}]")
+        if self.dtype is not None:
+            from ..precision import check_dtype
+
+            check_dtype(self.dtype)
         self.suites = C.strings(self.suites, "suites", null=True, example="suites: [task, safety]")
         self.tasks = C.strings(self.tasks, "tasks", null=True, example="tasks: [tasks/mine.yaml]")
         C.integer(self.limit, "limit", 1, null=True)

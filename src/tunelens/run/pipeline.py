@@ -78,7 +78,9 @@ def _settings(cfg: RunConfig, stage: str) -> dict:
     if stage == "graft":
         return {**base, **dataclasses.asdict(cfg.graft), "task": S.graft_task(cfg)}
     if stage == "repair":
-        return {**base, "candidates": cfg.repair.candidates, **S.repair_settings(cfg)}
+        settings = S.repair_settings(cfg)
+        return {**base, "candidates": cfg.repair.candidates, **{k: v for k, v in settings.items() if k != "dtype"},
+                **_precision(settings["dtype"])}
     return {"enabled": cfg.stages}
 
 

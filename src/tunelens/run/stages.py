@@ -146,7 +146,8 @@ def repair_settings(cfg: RunConfig) -> dict:
     """The re-audit settings, the audit's where the repair section leaves them unset."""
     r = cfg.repair
     return {"suites": list(r.suites or cfg.audit.suite_names()), "tasks": list(r.tasks or cfg.audit_tasks()),
-            "limit": r.limit if r.limit is not None else cfg.audit.limit, "select": r.select}
+            "limit": r.limit if r.limit is not None else cfg.audit.limit, "select": r.select,
+            "dtype": r.dtype or cfg.audit.dtype}
 
 
 def uses_graft_mask(cfg: RunConfig) -> bool:
@@ -180,7 +181,7 @@ def repair_stage(ctx: StageContext) -> dict:
     flat = [{"name": c["name"], "method": c["method"], **c["options"]} for c in _candidates(ctx)]
     result = run_sweep(ctx.base, ctx.tuned, flat, ctx.out, suites=s["suites"], tasks=s["tasks"], limit=s["limit"],
                        select=s["select"], progress=False, base_cache=ctx.cfg.audit.base_cache, resume=ctx.retry,
-                       judge=ctx.cfg.audit.judge)
+                       judge=ctx.cfg.audit.judge, dtype=s["dtype"])
     failed = [r["name"] for r in result["rows"] if r["status"] == "failed"]
     ref_broken = result.get("reference_failed_suites") or []
     reused = result.get("reused") or []
