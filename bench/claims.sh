@@ -60,7 +60,7 @@ sparsity() {  # RL finetunes small subnetworks: DPO vs SFT, full fine-tuning, sa
     done
   fi
   for n in "${runs[@]}"; do
-    [ -e "$OUT/$n/diff/diff.json" ] || tl diff --tuned "$OUT/$n/model" --no-rank --out "$OUT/$n/diff"
+    [ -e "$OUT/$n/diff/diff.json" ] || tl diff --base default --tuned "$OUT/$n/model" --no-rank --out "$OUT/$n/diff"
   done
 }
 
@@ -78,6 +78,9 @@ preference() {  # RewardBench-style: the preference suite before and after DPO o
   tune dpo-safety --objective dpo --data safety-preferences --max-steps 28 --batch-size 4 \
     --lora-r 16 --save-steps 14 --seed 0
   audit dpo-safety preference,safety,over_refusal
+  # the control: the default model against itself (every delta and flip must be zero)
+  [ -e "$OUT/self/audit/ledger.json" ] || \
+    tl audit --tuned default --suites preference --full --seed 0 --out "$OUT/self/audit"
 }
 
 stages=("$@")
