@@ -3,7 +3,8 @@
 For each run folder under OUT: the tune's record (objective, method, precision, steps, final loss), the
 audit's entries (base, tuned, paired delta with its 95% interval, n, the decision and the verdict) and, where
 a diff was taken, the update's sparsity per module type (fraction unchanged exactly, |Δ| ≤ 1e-5, and equal
-after bf16 rounding). Reads only the JSON the commands wrote; prints to stdout.
+after bf16 rounding); and for the flip claim, flip-aware vs plain tuning paired item by item. Reads only the
+JSON the commands wrote; prints to stdout.
 
     python bench/claims_table.py out/claims
 """
@@ -78,10 +79,44 @@ def diff_table(run: Path) -> list[str]:
     return out
 
 
+def _items(run: Path, suite: str = "task") -> dict:
+    p = run / "audit" / "items" / f"{suite}.jsonl"
+    if not p.exists():
+        return {}
+    rows = (json.loads(line) for line in p.read_text().splitlines() if line.strip())
+    return {(r["task"], r["id"]): r for r in rows}
+
+
+def flips_pair(plain: Path, other: Path, n_boot: int = 2000) -> list[str]:
+    """Two tunes audited against the same base on the same items (--full, one seed): the paired difference
+    other - plain of task accuracy and of the negative and positive flip rates (each an item's indicator, base
+    right and tune wrong / base wrong and tune right), with a paired bootstrap 95% interval over the items."""
+    import numpy as np
+
+    from tunelens.metrics import bootstrap_ci_paired
+
+    a, b = _items(plain), _items(other)
+    keys = sorted(set(a) & set(b))
+    if not keys or len(keys) != len(a) or len(keys) != len(b):
+        return [f"{other.name} vs {plain.name}: the audits cover different items ({len(a)} / {len(b)})"]
+    if any(a[k]["base"]["correct"] != b[k]["base"]["correct"] for k in keys):
+        return [f"{other.name} vs {plain.name}: the base answers differ between the audits"]
+    base = np.array([a[k]["base"]["correct"] for k in keys], dtype=float)
+    ta = np.array([a[k]["tuned"]["correct"] for k in keys], dtype=float)
+    tb = np.array([b[k]["tuned"]["correct"] for k in keys], dtype=float)
+    series = {"accuracy": (ta, tb), "negative_flip_rate": (base * (1 - ta), base * (1 - tb)),
+              "positive_flip_rate": ((1 - base) * ta, (1 - base) * tb)}
+    out = [f"paired over the same {len(keys)} items: {other.name} − {plain.name} (bootstrap 95%, {n_boot} draws)",
+           "", f"| metric | {plain.name} | {other.name} | difference (95% CI) |", "|---|---|---|---|"]
+    for name, (x, y) in series.items():
+        lo, hi = bootstrap_ci_paired(lambda idx: float(y[idx].mean() - x[idx].mean()), len(keys), n_boot=n_boot)
+        out.append(f"| {name} | {x.mean():.3f} | {y.mean():.3f} | {y.mean() - x.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] |")
+    return out
+
+
 def main(root: str) -> None:
-    for run in sorted(Path(root).iterdir()):
-        if not run.is_dir():
-            continue
+    runs = [r for r in sorted(Path(root).iterdir()) if r.is_dir()]
+    for run in runs:
         print(f"### {run.name}\n")
         t = tune_line(run)
         if t:
@@ -89,6 +124,10 @@ def main(root: str) -> None:
         for block in (audit_table(run), diff_table(run)):
             if block:
                 print("\n".join(block) + "\n")
+    plain = Path(root) / "flips-plain"
+    for other in (r for r in runs if r.name.startswith("flips-compat-")):
+        if _items(plain) and _items(other):
+            print("\n".join(flips_pair(plain, other)) + "\n")
 
 
 if __name__ == "__main__":

@@ -297,6 +297,36 @@ def test_flip_aware_loss_is_ce_plus_weighted_kl_to_the_adapter_off_model(tiny_mo
     assert float(kl[mask].max()) > 1e-3  # the adapter is not a no-op: the check has something to weigh
 
 
+def test_flip_aware_base_right_is_the_audits_choice_ranking(tiny_model_dir, tmp_path):
+    """On a classification task a training row counts as 'base right' exactly when the base's task scoring (what
+    `tunelens eval` and the audit report) ranks its label first — not when the base would greedily write the label
+    token for token, which a chat model rarely does, so the term would hold nothing (it did not, on the demo task,
+    before this). A tune records the counts in run.json, and with alpha 0 the distillation weighs those rows."""
+    from conftest import write_pets_task
+    from tunelens.data import load_task
+    from tunelens.evaluate import evaluate
+    from tunelens.models import resolve_model
+    from tunelens.tune.examples import build_examples
+    from tunelens.tune.objectives.sft import base_right
+
+    task = write_pets_task(tmp_path, 40)
+    cfg = cfg_for(tiny_model_dir, tmp_path / "o", data=[str(task)], compat_weight=1.0, max_steps=4)
+    handle = resolve_model(str(tiny_model_dir))
+    rows, _ = build_examples(cfg, handle.tokenizer, choices=True)
+    assert rows and all("_choice" in r for r in rows)
+    assert not any("_choice" in r for r in build_examples(cfg, handle.tokenizer)[0])
+    flags = base_right(handle.model, handle.tokenizer, rows)
+    ev = evaluate(handle, load_task(str(task)), split=cfg.split, progress=False, summarize=False)
+    truth = {rec["prompt"]: int(rec["correct"]) for rec in ev.records}
+    assert flags == [truth[r["_choice"][0]] for r in rows]
+    assert 0 < sum(flags) < len(flags)  # both kinds present: the check tells them apart
+    tune(cfg)
+    compat = json.loads((tmp_path / "o" / "run.json").read_text())["compat"]
+    assert compat["rows"] == compat["with_choices"] == len(rows)
+    assert compat["base_right_by_choice"] == sum(flags)
+    assert compat["seen_rows"] == 4 * 4 and 0 < compat["distilled_rows"] < compat["seen_rows"]
+
+
 def test_flip_aware_full_tuning_uses_a_frozen_copy_of_the_base(tiny_model_dir, tmp_path):
     task = write_task(tmp_path / "t")
     out = tmp_path / "full"

@@ -25,6 +25,31 @@ SAFETY_PAIRS_TASK = "safety-preferences"  # safety mixing for preference objecti
 IGNORE = -100
 
 
+class Chat(list):
+    """A training conversation (its messages, a plain list to every caller) that remembers the task item it was
+    made from, so flip-aware tuning can ask the base model how it ranks that item's choices (`choice_request`)."""
+
+    source: tuple | None = None  # (TaskSpec, Item)
+
+    @classmethod
+    def of(cls, spec, item) -> "Chat":
+        chat = cls(to_chat(spec, item))
+        chat.source = (spec, item)
+        return chat
+
+
+def choice_request(conv, tokenizer) -> tuple[str, list[str], int] | None:
+    """(prompt, continuations, index of the right one) as the audit's task suite scores the item a chat was made
+    from, for a multiple-choice or classification item; None for anything else (free-text replies, chats
+    given as messages)."""
+    from ..data.render import CHOICE_TYPES, continuations, render_prompt
+
+    spec, item = getattr(conv, "source", None) or (None, None)
+    if spec is None or spec.type not in CHOICE_TYPES or item.messages is not None or item.answer is None:
+        return None
+    return render_prompt(spec, item, tokenizer), continuations(spec, item), int(item.answer)
+
+
 @dataclass
 class ExampleStats:
     sources: dict[str, int] = field(default_factory=dict)  # examples drawn from each source
@@ -72,7 +97,7 @@ def units(task: str, split: str, kind: str = "chat") -> list:
     if kind == "pair":
         return [{"prompt": _with_system(spec, [{"role": "user", "content": instruction(spec, it)}]),
                  "chosen": it.fields["chosen"], "rejected": it.fields["rejected"]} for it in items]
-    return [to_chat(spec, it) for it in items]
+    return [Chat.of(spec, it) for it in items]
 
 
 def _chats(task: str, split: str) -> list[list[dict]]:
@@ -149,7 +174,9 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int) -> tuple[lis
     return p_ids + c_ids, [IGNORE] * len(p_ids) + c_ids, truncated
 
 
-def build_examples(cfg, tokenizer) -> tuple[list[dict], ExampleStats]:
+def build_examples(cfg, tokenizer, choices: bool = False) -> tuple[list[dict], ExampleStats]:
+    """Token rows of the chats. `choices`: each row made from a multiple-choice or classification item also
+    carries `_choice`, that item's `choice_request` (flip-aware tuning pops it before training)."""
     convs, counts = compose(cfg)
     stats = ExampleStats(sources=counts)
     rows = []
@@ -162,6 +189,8 @@ def build_examples(cfg, tokenizer) -> tuple[list[dict], ExampleStats]:
         stats.total_tokens += len(ids)
         stats.completion_tokens += n_completion
         rows.append({"input_ids": ids, "labels": labels, "length": len(ids)})
+        if choices and (req := choice_request(conv, tokenizer)) is not None:
+            rows[-1]["_choice"] = req
     if not rows:
         raise TunelensError("no usable training examples after templating (every completion was empty)")
     return rows, stats

@@ -420,5 +420,7 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
         run = json.loads((out / "run.json").read_text())
         run.update(status="finished", train={"global_step": result.global_step,
                                               "train_loss": result.training_loss, **result.metrics})
+        if hasattr(trainer, "compat_summary"):  # flip-aware SFT: what the distillation held to the base
+            run["compat"] = trainer.compat_summary()
         write_json(out / "run.json", run)
     return final

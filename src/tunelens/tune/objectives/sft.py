@@ -6,8 +6,11 @@ et al. 2024, builds its compatibility training on it):
     L = CE(y, p_tuned) + λ · (α + 1[base right]) · KL(p_base ‖ p_tuned)
 
 over the reply tokens, λ = `compat_weight`, α = `compat_alpha` (0: only the examples the base already gets right
-are held to it). "Base right" is the base's own greedy choice at every reply position matching the target
-(teacher forced): for a label, the base would answer it. p_base is the model with its adapter switched off (LoRA,
+are held to it). "Base right" is what the audit counts as right, so the term guards exactly the answers whose
+loss would be a negative flip: for an example made from a multiple-choice or classification item, the base ranks
+the right choice first by log-likelihood (the task suite's scoring, computed once before the first step); for
+a free-text reply, the base's own greedy token matches the target at every reply position (teacher forced).
+The counts are in run.json (`compat`). p_base is the model with its adapter switched off (LoRA,
 IA3, prompt tuning: the same forward pass, no second copy) or, for full tuning, a frozen copy taken before the
 first step. It costs one more forward pass per step, no backward. The KL is summed over reply tokens and divided
 by the batch's reply tokens, as the cross-entropy is.
@@ -27,7 +30,7 @@ class SFT(Objective):
     def examples(self, cfg, tokenizer):
         from ..examples import build_examples
 
-        return build_examples(cfg, tokenizer)
+        return build_examples(cfg, tokenizer, choices=bool(cfg.compat_weight))
 
     def trainer(self, cfg, *, model, tokenizer, rows, args: dict, callbacks: list):
         import torch
@@ -50,11 +53,74 @@ class SFT(Objective):
 
             collator, loss_func = DataCollatorWithFlattening(), None
         targs = TrainingArguments(**args, train_sampling_strategy="group_by_length", remove_unused_columns=False)
+        flags = None
+        if cfg.compat_weight:
+            flags = base_right(model, tokenizer, rows)
+            rows = [{**{k: v for k, v in r.items() if k != "_choice"}, "base_right": f} for r, f in zip(rows, flags)]
+            collator = WithBaseRight(collator)
         kw = dict(model=model, args=targs, train_dataset=Dataset.from_list(rows), data_collator=collator,
                   callbacks=callbacks)
         if cfg.compat_weight:
-            return FlipAwareTrainer(**kw, weight=cfg.compat_weight, alpha=cfg.compat_alpha)
+            return FlipAwareTrainer(**kw, weight=cfg.compat_weight, alpha=cfg.compat_alpha, flags=flags)
         return AtomicCheckpointTrainer(**kw, compute_loss_func=loss_func)
+
+
+def base_right(model, tokenizer, rows: list[dict]) -> list[int]:
+    """Per row: 1 if the base ranks the right choice of the row's item first (the audit's task scoring), 0 if
+    not, -1 for a row without choices (decided in the loss, by teacher-forced greedy). The base is `model`
+    before its first step with any adapter switched off; each distinct item is scored once."""
+    from contextlib import nullcontext
+
+    import torch
+
+    from ...progress import log
+    from ...scoring import loglikelihood
+
+    asks = {}
+    for r in rows:
+        if "_choice" in r:
+            prompt, conts, _ = r["_choice"]
+            asks.setdefault((prompt, tuple(conts)), None)
+    flags = [-1] * len(rows)
+    if not asks:
+        return flags
+    peft_cfg = getattr(model, "active_peft_config", None)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    off = model.disable_adapter() if peft_cfg is not None and not peft_cfg.is_prompt_learning else nullcontext()
+    was = model.training
+    model.eval()
+    try:
+        with off, torch.no_grad():
+            keys = list(asks)
+            scores = loglikelihood(inner, tokenizer, [(p, list(c)) for p, c in keys], progress=False,
+                                   desc="flip-aware: the base on the training items")
+    finally:
+        model.train(was)
+    for key, sc in zip(keys, scores):
+        asks[key] = max(range(len(sc)), key=lambda i: sc[i].logprob)
+    for i, r in enumerate(rows):
+        if "_choice" in r:
+            prompt, conts, answer = r["_choice"]
+            flags[i] = int(asks[(prompt, tuple(conts))] == answer)
+    scored = [f for f in flags if f >= 0]
+    log.info(f"tunelens: flip-aware: the base ranks the right choice first on {sum(scored)} of {len(scored)} "
+             f"training examples with choices" + (f"; {len(flags) - len(scored)} free-text example(s) are judged "
+                                                  f"by teacher-forced greedy" if len(scored) < len(flags) else ""))
+    return flags
+
+
+class WithBaseRight:
+    """A collator that adds each row's `base_right` flag (see base_right) to the batch of another."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        batch = self.inner(features)
+        batch["base_right"] = torch.tensor([int(f["base_right"]) for f in features], dtype=torch.long)
+        return batch
 
 
 def _flip_aware_trainer():
@@ -68,9 +134,12 @@ def _flip_aware_trainer():
     from ..trainer import AtomicCheckpointTrainer, completion_loss
 
     class FlipAware(AtomicCheckpointTrainer):
-        def __init__(self, *a, weight: float, alpha: float, **k):
+        def __init__(self, *a, weight: float, alpha: float, flags: list[int] | None = None, **k):
             super().__init__(*a, **k)
             self.compat = (float(weight), float(alpha))
+            flags = flags or []
+            self.compat_rows = {"rows": len(flags), "with_choices": sum(f >= 0 for f in flags),
+                                "base_right_by_choice": sum(f == 1 for f in flags)}
             model = self.model
             self._frozen = None
             if not hasattr(model, "disable_adapter"):  # full tuning: the base is a frozen copy
@@ -85,8 +154,15 @@ def _flip_aware_trainer():
                 with plain.disable_adapter():
                     return plain(**inputs).logits
 
+        def compat_summary(self) -> dict:
+            """For run.json: the training rows the base gets right, and the rows the distillation weighed
+            (counted once per step they were in; with alpha 0 only those)."""
+            return {**self.compat_rows, "weight": self.compat[0], "alpha": self.compat[1],
+                    "distilled_rows": self.compat_log["right"], "seen_rows": self.compat_log["seen"]}
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
+            given = inputs.pop("base_right", None)
             outputs = model(**inputs)
             ce = completion_loss(outputs, labels, num_items_in_batch)
             base = self._base_logits(model, inputs)
@@ -98,6 +174,8 @@ def _flip_aware_trainer():
             lp_base = F.log_softmax(base[:, :-1].float(), -1)
             kl = (lp_base.exp() * (lp_base - lp_new)).sum(-1)  # KL(p_base ‖ p_new) per position
             right = ((lp_base.argmax(-1) == targets) | ~mask).all(-1)  # base greedy = target at every reply token
+            if given is not None:  # rows made from choice items: the base's ranking of the choices, as audited
+                right = torch.where(given.to(right.device) >= 0, given.to(right.device) > 0, right)
             weight, alpha = self.compat
             per_row = (alpha + right.float())[:, None]
             n = num_items_in_batch if num_items_in_batch is not None else mask.sum()
