@@ -68,7 +68,7 @@ flips() {  # MUSCLE: flip-aware tuning (focal distillation toward the base) vs p
   local adam=(--data telecom-intent --max-steps 32 --batch-size 8 --lr 2e-4 --lora-r 16 --save-steps 16 --seed 0)
   tune flips-plain "${adam[@]}"
   audit flips-plain task,compatibility --task telecom-intent
-  for w in ${FLIP_WEIGHTS:-1}; do
+  for w in ${FLIP_WEIGHTS:-1 4}; do
     tune "flips-compat-$w" "${adam[@]}" --compat-weight "$w"
     audit "flips-compat-$w" task,compatibility --task telecom-intent
   done
