@@ -96,8 +96,10 @@ def flips_pair(plain: Path, other: Path, n_boot: int = 2000) -> list[str]:
     from tunelens.metrics import bootstrap_ci_paired
 
     a, b = _items(plain), _items(other)
+    if not a or not b:  # one of the two has no task audit yet
+        return []
     keys = sorted(set(a) & set(b))
-    if not keys or len(keys) != len(a) or len(keys) != len(b):
+    if len(keys) != len(a) or len(keys) != len(b):
         return [f"{other.name} vs {plain.name}: the audits cover different items ({len(a)} / {len(b)})"]
     if any(a[k]["base"]["correct"] != b[k]["base"]["correct"] for k in keys):
         return [f"{other.name} vs {plain.name}: the base answers differ between the audits"]
@@ -126,8 +128,8 @@ def main(root: str) -> None:
                 print("\n".join(block) + "\n")
     plain = Path(root) / "flips-plain"
     for other in (r for r in runs if r.name.startswith("flips-compat-")):
-        if _items(plain) and _items(other):
-            print("\n".join(flips_pair(plain, other)) + "\n")
+        if block := flips_pair(plain, other):
+            print("\n".join(block) + "\n")
 
 
 if __name__ == "__main__":

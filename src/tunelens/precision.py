@@ -363,6 +363,13 @@ def passes(figures: dict) -> list[str]:
     return miss
 
 
+def bf16_agreement(handle) -> dict:
+    """Score the probe set in fp32, cast the model to bf16 in place, score it again: compare's figures."""
+    ref = probe_scores(handle)
+    to_bf16(handle)
+    return compare(ref, probe_scores(handle, ref["greedy"]))
+
+
 def to_bf16(handle) -> None:
     import torch
 
@@ -392,9 +399,7 @@ def audit_precision(dtype: str, handles: list, reload=None, hw: Hardware | None 
     log.info("tunelens: checking bf16 scoring against fp32 on the precision probe set")
     figures, missed = [], []
     for h in handles:
-        ref = probe_scores(h)
-        to_bf16(h)
-        f = compare(ref, probe_scores(h, ref["greedy"]))
+        f = bf16_agreement(h)
         figures.append(f)
         missed += passes(f)
     record["agreement"] = figures if len(figures) > 1 else figures[0]
@@ -420,9 +425,7 @@ def match_precision(record: dict, handle, name: str) -> dict:
 
     if record.get("chosen") != "bf16":
         return record
-    ref = probe_scores(handle)
-    to_bf16(handle)
-    figures = compare(ref, probe_scores(handle, ref["greedy"]))
+    figures = bf16_agreement(handle)
     missed = passes(figures)
     if missed:
         raise TunelensError(f"{name}: bf16 disagrees with fp32 on the precision probe set ({'; '.join(missed)}), "

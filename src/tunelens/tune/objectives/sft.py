@@ -76,14 +76,12 @@ def base_right(model, tokenizer, rows: list[dict]) -> list[int]:
     from ...progress import log
     from ...scoring import loglikelihood
 
-    asks = {}
-    for r in rows:
-        if "_choice" in r:
-            prompt, conts, _ = r["_choice"]
-            asks.setdefault((prompt, tuple(conts)), None)
-    flags = [-1] * len(rows)
-    if not asks:
-        return flags
+    def key(r):
+        return r["_choice"][0], tuple(r["_choice"][1])
+
+    keys = list(dict.fromkeys(key(r) for r in rows if "_choice" in r))
+    if not keys:
+        return [-1] * len(rows)
     peft_cfg = getattr(model, "active_peft_config", None)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     off = model.disable_adapter() if peft_cfg is not None and not peft_cfg.is_prompt_learning else nullcontext()
@@ -91,17 +89,12 @@ def base_right(model, tokenizer, rows: list[dict]) -> list[int]:
     model.eval()
     try:
         with off, torch.no_grad():
-            keys = list(asks)
             scores = loglikelihood(inner, tokenizer, [(p, list(c)) for p, c in keys], progress=False,
                                    desc="flip-aware: the base on the training items")
     finally:
         model.train(was)
-    for key, sc in zip(keys, scores):
-        asks[key] = max(range(len(sc)), key=lambda i: sc[i].logprob)
-    for i, r in enumerate(rows):
-        if "_choice" in r:
-            prompt, conts, answer = r["_choice"]
-            flags[i] = int(asks[(prompt, tuple(conts))] == answer)
+    pred = {k: max(range(len(sc)), key=lambda i: sc[i].logprob) for k, sc in zip(keys, scores)}
+    flags = [int(pred[key(r)] == r["_choice"][2]) if "_choice" in r else -1 for r in rows]
     scored = [f for f in flags if f >= 0]
     log.info(f"tunelens: flip-aware: the base ranks the right choice first on {sum(scored)} of {len(scored)} "
              f"training examples with choices" + (f"; {len(flags) - len(scored)} free-text example(s) are judged "
