@@ -9,8 +9,10 @@ subprocess so peak RSS is its own. Speed is real (non-pad) tokens per second of 
 train_runtime). TRL's default is bf16 autocast, which is emulated (slow) on CPUs without AVX512-BF16 / AMX; the
 extra `trl-fp32` run (skip with --no-fp32-peer) shows how much of the gap that is.
 
-flop_util is tunelens' useful training FLOP rate over the fp32 matmul peak measured in the tunelens worker
-(torch.mm of 2048 x 2048 fp32 matrices with the same thread count, best of 7), just before it trains. The
+flop_util is tunelens' useful training FLOP rate over the matmul peak, in the precision its matmuls ran in,
+measured in the tunelens worker (torch.mm of 2048 x 2048 fp32 matrices, and bf16 ones where bf16 is native, with
+the same thread count, best of 7), just before it trains. On an AMX CPU the bf16 peak is ~6x the fp32 one: a bf16
+run is held to it, not to the fp32 peak it would beat. The
 useful FLOPs of one example of n real tokens, c of them completion tokens, counted exactly (no padding):
   - the frozen linear layers of the blocks (N_lin weights): forward 2*N_lin + input gradient 2*N_lin per token;
     no weight gradient (LoRA freezes them): 4*N_lin*n  (full tuning would be 6*N_lin*n)
@@ -71,12 +73,13 @@ def _items(n: int, seed: int, tokenizer):
     return spec, [items[i] for i in picked], [lengths[i] for i in picked]
 
 
-def matmul_peak(threads: int, size: int = 2048, repeats: int = 7) -> float:
-    """Best fp32 torch.mm rate (FLOP/s) over `repeats` timed products of two size x size matrices."""
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 7, dtype: str = "fp32") -> float:
+    """Best torch.mm rate (FLOP/s) over `repeats` timed products of two size x size fp32 or bf16 matrices."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = torch.randn(size, size, dtype=dt), torch.randn(size, size, dtype=dt)
     torch.mm(a, b)  # warm up
     best = float("inf")
     for _ in range(repeats):
@@ -127,14 +130,22 @@ def worker_tunelens(steps: int, seed: int, out: Path) -> dict:
     rows, _ = build_examples(cfg, handle.tokenizer)
     flops = useful_flops(handle.model, rows, R)
     del handle
-    peak = matmul_peak(torch.get_num_threads())
+    # the peak of the precision the matmuls run in: both measured before training where auto may pick bf16
+    peaks = {"fp32": matmul_peak(torch.get_num_threads())}
+    if cpu_bf16().native:
+        peaks["bf16"] = matmul_peak(torch.get_num_threads(), dtype="bf16")
     tune(cfg)
     run = json.loads((out / "run" / "run.json").read_text())
     seconds = run["train"]["train_runtime"]
+    precision = run.get("precision", {}).get("chosen", "fp32")
+    if precision not in peaks:
+        peaks[precision] = matmul_peak(torch.get_num_threads(), dtype=precision)
+    peak = peaks[precision]
     return {"tokens": run["examples"]["tokens"], "seconds": seconds, "loss": run["train"]["train_loss"],
-            "steps": run["train"]["global_step"], "precision": run.get("precision", {}).get("chosen", "fp32"),
+            "steps": run["train"]["global_step"], "precision": precision,
             "precision_why": run.get("precision", {}).get("why", ""), "flops": flops, "peak_flops": peak,
-            "flop_util": flops / seconds / peak, "threads": torch.get_num_threads(), "cpu": cpu_bf16().describe()}
+            "peaks": peaks, "flop_util": flops / seconds / peak, "threads": torch.get_num_threads(),
+            "cpu": cpu_bf16().describe()}
 
 
 def worker_trl(steps: int, seed: int, out: Path, bf16: bool | None = None, max_steps: int = -1) -> dict:
@@ -229,8 +240,10 @@ def main() -> None:
             raise SystemExit(f"{name} worker failed")
         results[name] = r = json.loads(line[-1][7:])
         r["tps"] = r["tokens"] / r["seconds"]
+        peaks = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in r.get("peaks", {}).items())
         extra = (f", flop_util {r['flop_util']:.3f} ({r['flops'] / r['seconds'] / 1e9:.1f} of "
-                 f"{r['peak_flops'] / 1e9:.1f} GFLOP/s matmul peak), precision {r['precision']} ({r['precision_why']})"
+                 f"{r['peak_flops'] / 1e9:.1f} GFLOP/s {r['precision']} matmul peak; peaks {peaks}), "
+                 f"precision {r['precision']} ({r['precision_why']})"
                  if name == "tunelens" else f", precision {r['precision']}")
         print(f"{name}: {r['steps']} steps, {r['tokens']} real tokens in {r['seconds']:.1f}s = {r['tps']:.1f} tok/s, "
               f"loss {r['loss']:.4f}, peak RSS {r['peak_rss_mb']:.0f} MB, {r['threads']} threads{extra} "

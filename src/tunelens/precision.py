@@ -29,7 +29,7 @@ DTYPES = ("auto", "fp32", "bf16")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either one: bf16 matmuls run natively on this CPU
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 MIN_SPEEDUP = 1.1  # auto picks bf16 for training only when it measured at least this much faster than fp32
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2  # 2: LoRA's bf16 path is tune/fastlora.py's (timings under 1 are stale)
 
 
 @dataclass(frozen=True)
@@ -269,7 +269,10 @@ def training_precision(dtype: str, model, rows: list[dict], batch_size: int, col
         try:
             if hw.device == "cuda":
                 model.to("cuda")
-            return time_steps(train_step_fn(model, batch, loss_fn, hw.device))
+            from .tune.attention import bf16_cpu_attention
+
+            with bf16_cpu_attention(model, "bf16"):  # as training will run it (fp32 steps: unchanged)
+                return time_steps(train_step_fn(model, batch, loss_fn, hw.device))
         finally:
             torch.random.set_rng_state(rng)
             if cuda_rng is not None:

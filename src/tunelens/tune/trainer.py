@@ -29,6 +29,7 @@ from ..io import write_json
 from ..models.portable import make_portable, warn_unportable
 from ..outdir import claim, put_back, set_aside
 from ..precision import Choice, hardware, training_precision
+from .attention import bf16_cpu_attention
 from .. import progress as P
 from ..progress import log
 from ..settings import defaults
@@ -399,7 +400,8 @@ def _tune(cfg: TuneConfig, out: Path, files: dict[str, str]) -> Path:
                           else 0), StepProgress()]
     trainer = objective.trainer(cfg, model=model, tokenizer=tok, rows=rows, args=_training_args(cfg, out, precision),
                                 callbacks=callbacks)
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with bf16_cpu_attention(model, precision.chosen):
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     final = out / MODEL_DIR
     staging = out / f".{MODEL_DIR}.tmp"
