@@ -343,3 +343,79 @@ def test_lora_embedding_rslora_alpha_pattern_modules_to_save(tiny_model_dir, tmp
         r = lora[name]
         assert r["delta_fro"] == pytest.approx(d["delta_fro"], rel=1e-4, abs=1e-9), name
         assert (r["rank"], r["energy90"], r["energy99"]) == (d["rank"], d["energy90"], d["energy99"]), name
+
+
+# ---------------------------------------------------------------------------------------------- the C kernel
+
+
+def test_the_one_pass_kernel_is_built():
+    """setup.py builds it as optional (an install without a compiler still works, on the torch path): this is
+    where an install that lost it fails."""
+    assert S.FAST is not None, "tunelens.diff._fastdiff did not build: reinstall with a C compiler (pip install -e .)"
+
+
+def _specials(dtype, n, seed):
+    """Random weights around 0.02 with zeros, -0, subnormals and large values mixed in."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, generator=g) * 0.02
+    tiny = torch.finfo(dtype).tiny
+    w[:: 97] = 0.0
+    w[1:: 101] = -0.0
+    w[2:: 89] = tiny / 4 * torch.rand(len(w[2::89]), generator=g)  # subnormal in the dtype
+    w[3:: 83] = 3e4 if dtype == torch.float16 else 1e30
+    return w.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_kernel_matches_the_torch_path(dtype, keep, monkeypatch):
+    """The slow reference (the torch path, the kernel off) pinned to the C kernel: counts and Δ exact, sums to
+    fp32 rounding; slabs of odd sizes split between two workers, one slab bit-identical."""
+    monkeypatch.setattr(S, "CHUNK", 4096)
+    n = 3 * 4096 * 2 + 1234  # not a multiple of a chunk, a block or a lane
+    w = _specials(dtype, n, 0)
+    g = torch.Generator().manual_seed(1)
+    t = w.float().clone()
+    hit = torch.rand(n, generator=g) < 0.3
+    t[hit] += torch.randn(int(hit.sum()), generator=g) * torch.tensor([1e-7, 1e-5, 1e-3])[
+        torch.randint(0, 3, (int(hit.sum()),), generator=g)]
+    t = t.to(dtype)
+    t[: n // 3] = w[: n // 3]  # the first slab below is bit-identical
+    bounds = [0, n // 3, n // 3 + 777, n]
+    results = []
+    for fast in (S.FAST, None):
+        monkeypatch.setattr(S, "FAST", fast)
+        ws = S.Workspace(2)
+        acc = S.DeltaAccumulator(ws, keep=n if keep else None, bf16_exact=dtype == torch.bfloat16)
+        for a, b in zip(bounds, bounds[1:]):
+            acc.update(w[a:b], t_src=t[a:b])
+        ws.close()
+        results.append((acc.result(), acc.keep))
+    (got, kept), (want, kept_ref) = results
+    for key in ("numel", "changed", "changed_abs", "changed_rel", "changed_bf16"):
+        assert got[key] == want[key], key
+    assert want["changed"] > 0 and want["changed_bf16"] < want["changed"] or dtype == torch.bfloat16
+    for key in ("ww", "wd", "dd"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-12), key
+    if keep:
+        assert torch.equal(kept, kept_ref) and torch.equal(kept, t.float() - w.float())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_kernel_converts_every_16_bit_pattern_like_torch(dtype, monkeypatch):
+    """All 65536 bit patterns (NaNs, infinities, subnormals included) as w, against shifted copies as t: Δ and
+    every count as the torch path computes them."""
+    monkeypatch.setattr(S, "CHUNK", 1 << 16)
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    for t in (torch.zeros_like(bits), bits.roll(1), bits.roll(7)):
+        results = []
+        for fast in (S.FAST, None):
+            monkeypatch.setattr(S, "FAST", fast)
+            acc = S.DeltaAccumulator(S.Workspace(1), keep=bits.numel())
+            acc.update(bits, t_src=t)
+            results.append((acc.result(), acc.keep))
+        (got, kept), (want, kept_ref) = results
+        assert [got[k] for k in ("changed", "changed_abs", "changed_rel", "changed_bf16")] == \
+            [want[k] for k in ("changed", "changed_abs", "changed_rel", "changed_bf16")]
+        assert torch.equal(kept.isnan(), kept_ref.isnan())
+        assert torch.equal(kept[~kept.isnan()], kept_ref[~kept_ref.isnan()])

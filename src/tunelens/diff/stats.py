@@ -1,8 +1,14 @@
 """Statistics of a weight update Δ = W_tuned − W_base, accumulated one slab at a time.
 
-All arithmetic is fp32 (sums carried in fp64 between chunks). The elementwise work runs on 256K-element chunks
-held in preallocated buffers: they stay in cache and nothing is allocated per chunk, which is several times
-faster than whole-tensor operations on large matrices. Counts come from 0/1 float masks summed in one call.
+All arithmetic is fp32 (sums carried in fp64 between chunks). Two implementations of one computation:
+- `_fastdiff` (diff/_fastdiff.c, a C extension built at install): every statistic of a base/tuned pair in one
+  pass over the checkpoint's own buffers, threads releasing the GIL. It runs whenever it applies (both sides
+  given as weights of one dtype, fp32, fp16 or bf16, and no second fine-tune), which is every plain diff.
+- the torch path, the reference the C kernel is pinned to (tests/test_diff.py) and what runs everywhere else
+  (a Δ given directly, the overlap with a second fine-tune, an install where the extension did not build): the
+  elementwise work on 256K-element chunks held in preallocated buffers, so they stay in cache and nothing is
+  allocated per chunk (several times faster than whole-tensor operations); counts from 0/1 float masks summed
+  in one call.
 """
 
 from __future__ import annotations
@@ -12,6 +18,13 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+
+try:  # the one-pass C kernel; None where it did not build (the torch path then does the same work)
+    from . import _fastdiff as FAST
+except ImportError:  # pragma: no cover - depends on the install
+    FAST = None
+
+_FAST_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 TOL_ABS = 1e-5  # "changed": |Δ| > 1e-5 (the update-sparsity papers' threshold)
 TOL_REL = 1e-3  # "changed relative to the weight": |Δ| > 1e-3·|W| elementwise
@@ -109,8 +122,11 @@ class DeltaAccumulator:
         neither means the tensor is unchanged. ``t2_src``/``d2_src``: the same for the other fine-tune."""
         n = w_src.numel()
         src = [None if x is None else x.reshape(-1) for x in (w_src, t_src, d_src, t2_src, d2_src)]
-        # bit-identical slabs (frozen layers, untouched rows) need only ‖W‖²: a memcmp-speed check first
-        same1 = d_src is None and (t_src is None or same_bits(src[0], src[1]))
+        fast = self._fast_applies(src)
+        # bit-identical slabs (frozen layers, untouched rows) need only ‖W‖²: a memcmp-speed check first (the C
+        # kernel makes it per span, in the worker threads, with ‖W‖² from the same read, unless Δ is kept)
+        lazy = fast and t_src is not None and not self.keep_numel
+        same1 = d_src is None and (t_src is None or (not lazy and same_bits(src[0], src[1])))
         same2 = d2_src is None and (t2_src is None or same_bits(src[0], src[3]))
         if self.keep_numel and self.keep is None and not same1:
             self.keep = torch.zeros(self.keep_numel)  # slabs before this one were unchanged: their Δ stays 0
@@ -118,11 +134,17 @@ class DeltaAccumulator:
         size = scratches[0].n
         per = -(-n // (len(scratches) * size)) * size  # split the slab between the workers at chunk bounds
         spans = [(i, min(n, i + per)) for i in range(0, n, per)] if n else []
-        jobs = [self.ws.pool.submit(self._span, scratches[q], src, a, b, same1, same2)
+        span = self._span_fast if fast else self._span
+        jobs = [self.ws.pool.submit(span, scratches[q], src, a, b, same1, same2)
                 for q, (a, b) in enumerate(spans[1:], 1)]
-        parts = [self._span(scratches[0], src, *spans[0], same1, same2)] if spans else []
+        parts = [span(scratches[0], src, *spans[0], same1, same2)] if spans else []
         parts += [j.result() for j in jobs]
-        for ww, mv, counts, other in parts:
+        for part in parts:
+            if isinstance(part, torch.Tensor):  # the C kernel's [ww, wd, dd, four counts]
+                self.sums += part[:3]
+                self.counts += part[3:]
+                continue
+            ww, mv, counts, other = part
             self.sums[0] += torch.stack(ww).double().sum()
             if mv:
                 self.sums[1:] += torch.stack(mv).double().sum(0)
@@ -130,6 +152,31 @@ class DeltaAccumulator:
             if other:
                 self.other_sums += torch.stack(other).double().sum(0)
         self.numel += n
+
+    def _fast_applies(self, src) -> bool:
+        w, t, d = src[0], src[1], src[2]
+        return (FAST is not None and not self.other and d is None and w.dtype in _FAST_DTYPES and w.is_contiguous()
+                and w.device.type == "cpu" and (t is None or (t.dtype == w.dtype and t.is_contiguous()
+                                                               and t.device.type == "cpu")))
+
+    def _span_fast(self, s: Scratch, src, start: int, stop: int, same1: bool, same2: bool) -> torch.Tensor:
+        """Elements [start, stop) of the slab in one call of the C kernel (GIL released)."""
+        w, t = src[0], src[1]
+        code, size = _FAST_DTYPES[w.dtype], w.element_size()
+        out = torch.zeros(7, dtype=torch.float64)
+        n = stop - start
+        if same1:  # Δ = 0: only ‖W‖² (and keep stays 0)
+            out[0] = FAST.sumsq(code, w.data_ptr() + start * size, n)
+            return out
+        if self.keep is None:  # not checked yet (update's lazy case): identical spans need only ‖W‖²
+            ww = FAST.same_sumsq(code, w.data_ptr() + start * size, t.data_ptr() + start * size, n)
+            if ww is not None:
+                out[0] = ww
+                return out
+        keep = 0 if self.keep is None else self.keep.data_ptr() + (self.numel + start) * 4
+        FAST.stats(code, w.data_ptr() + start * size, t.data_ptr() + start * size, n, keep, self.bf16_exact,
+                   TOL_ABS, TOL_REL, out.data_ptr())
+        return out
 
     def _span(self, s: Scratch, src, start: int, stop: int, same1: bool, same2: bool):
         """Elements [start, stop) of the slab, chunk by chunk, in one worker's buffers."""
