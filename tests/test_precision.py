@@ -238,14 +238,63 @@ def test_audit_auto_falls_back_to_reloaded_fp32_when_bf16_disagrees(tiny_model_d
 
     monkeypatch.setattr(PR, "AGREEMENT", {**PR.AGREEMENT, "max_abs_dll": 0.0, "mean_abs_dll": 0.0})
     hs = _handles(tiny_model_dir)
-    fresh = _handles(tiny_model_dir)
-    out, rec = PR.audit_precision("auto", hs, reload=lambda: fresh, hw=NATIVE)
-    assert out == fresh and rec["chosen"] == "fp32" and "disagrees" in rec["why"]
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        before = hs[0].model(input_ids=ids).logits
+    out, rec = PR.audit_precision("auto", hs, reload=lambda: pytest.fail("autocast failing needs no reload"),
+                                  hw=NATIVE)
+    assert out == hs and rec["chosen"] == "fp32" and "even under autocast" in rec["why"]
+    assert set(rec["agreement_by_mode"]) == {"autocast"}  # the cast was not even tried
     assert next(out[0].model.parameters()).dtype == torch.float32
+    with torch.no_grad():  # autocast undone: the model scores exactly as before the check
+        assert torch.equal(out[0].model(input_ids=ids).logits, before)
     from tunelens.errors import TunelensError
 
     with pytest.raises(TunelensError, match="--dtype bf16: bf16 disagrees with fp32"):
         PR.audit_precision("bf16", _handles(tiny_model_dir), hw=NATIVE)
+
+
+def test_audit_uses_bf16_autocast_where_only_autocast_agrees(tiny_model_dir, monkeypatch):
+    """Cast weights that disagree and autocast that agrees (as measured on an AMX CPU with the default model,
+    docs/audit.md): the models are reloaded in fp32 and scored under bf16 autocast, with fp32 logits."""
+    import torch
+
+    real = PR.bf16_agreement
+
+    def agreement(h, mode="weights", ref=None):
+        f = real(h, mode, ref)
+        return {**f, "mean_abs_dll": 1.0} if mode == "weights" else f
+
+    monkeypatch.setattr(PR, "bf16_agreement", agreement)
+    fresh = _handles(tiny_model_dir)
+    out, rec = PR.audit_precision("auto", _handles(tiny_model_dir), reload=lambda: fresh, hw=NATIVE)
+    assert out == fresh and rec["chosen"] == "bf16" and rec["mode"] == "autocast"
+    assert "autocast agrees" in rec["why"] and "mean_abs_dll 1.0000 > 0.02" in rec["why"]
+    assert set(rec["agreement_by_mode"]) == {"autocast", "weights"} and rec["agreement"] == \
+        rec["agreement_by_mode"]["autocast"]
+    model = out[0].model
+    assert next(model.parameters()).dtype == torch.float32
+    ids = torch.tensor([[1, 5, 9, 3]])
+    seen = []
+    hook = model.model.layers[0].mlp.up_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    hook.remove()
+    assert seen == [torch.bfloat16] and logits.dtype == torch.float32  # bf16 products, fp32 logits
+    PR.to_fp32(out[0])
+    plain = _handles(tiny_model_dir)[0]
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, plain.model(input_ids=ids).logits)
+    assert not any("_tunelens_fp32_forward" in m.__dict__ for m in model.modules())
+
+
+def test_audit_prefers_cast_weights_when_they_agree(tiny_model_dir):
+    import torch
+
+    out, rec = PR.audit_precision("bf16", _handles(tiny_model_dir), hw=NATIVE)
+    assert rec["chosen"] == "bf16" and rec["mode"] == "weights"
+    assert all(next(h.model.parameters()).dtype == torch.bfloat16 for h in out)
+    assert not any("_tunelens_fp32_forward" in m.__dict__ for h in out for m in h.model.modules())
 
 
 def test_match_precision_scores_a_candidate_like_its_base(tiny_model_dir, monkeypatch):
@@ -263,6 +312,25 @@ def test_match_precision_scores_a_candidate_like_its_base(tiny_model_dir, monkey
     rec = PR.match_precision(bf16, h, "cand")
     assert rec["chosen"] == "bf16" and rec["agreement"]["argmax_agreement"] >= 0.99 and "cand agrees" in rec["why"]
     assert next(h.model.parameters()).dtype == torch.bfloat16
+    auto = {**bf16, "mode": "autocast"}  # a base scored under autocast: the candidate is too
+    h2 = _handles(tiny_model_dir)[0]
+    rec = PR.match_precision(auto, h2, "cand")
+    assert rec["mode"] == "autocast" and next(h2.model.parameters()).dtype == torch.float32
+    assert "_tunelens_fp32_forward" in h2.model.__dict__
     monkeypatch.setattr(PR, "AGREEMENT", {**PR.AGREEMENT, "max_abs_dll": 0.0, "mean_abs_dll": 0.0})
     with pytest.raises(TunelensError, match="other-cand: bf16 disagrees with fp32.*--dtype fp32"):
         PR.match_precision(bf16, _handles(tiny_model_dir)[0], "other-cand")
+
+
+def test_base_store_keeps_bf16_modes_apart():
+    """Cached base results scored with cast weights, under autocast and in fp32 are three stores; fp32 and
+    cast-weights ledgers (written before the autocast mode) keep their fingerprints."""
+    from types import SimpleNamespace
+
+    from tunelens.audit.base_store import _precision_part
+
+    parts = [_precision_part(SimpleNamespace(precision=p)) for p in (
+        None, {"chosen": "fp32"}, {"chosen": "bf16"}, {"chosen": "bf16", "mode": "weights"},
+        {"chosen": "bf16", "mode": "autocast"})]
+    assert parts[0] == parts[1] == () and parts[2] == parts[3] == ("precision=bf16",)
+    assert parts[4] == ("precision=bf16-autocast",)

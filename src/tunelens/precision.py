@@ -10,9 +10,10 @@ Training (`tunelens tune --dtype auto|fp32|bf16`):
 - `fp32` / `bf16` are taken as asked; bf16 on hardware that emulates it costs one warning line.
 bf16 training is autocast (weights, gradients and optimizer state stay fp32; matmuls run in bf16).
 
-Audits (`tunelens audit --dtype auto|fp32|bf16`): bf16 means both models' weights cast to bf16, and it is used
-only after `agreement_check` on a fixed probe set agrees with fp32 within AGREEMENT (docs/audit.md says why these
-thresholds). `auto` offers bf16 only where it is native; base and tuned are always scored at the same precision.
+Audits (`tunelens audit --dtype auto|fp32|bf16`): bf16 means both models scored with their weights cast to
+bf16 or, where only that agrees, under bf16 autocast over fp32 weights; it is used only after the probe-set check
+(`audit_precision`) agrees with fp32 within AGREEMENT (docs/audit.md says why these thresholds). `auto` offers
+bf16 only where it is native; base and tuned are always scored at the same precision, in the same mode.
 """
 
 from __future__ import annotations
@@ -366,26 +367,80 @@ def passes(figures: dict) -> list[str]:
     return miss
 
 
-def bf16_agreement(handle) -> dict:
-    """Score the probe set in fp32, cast the model to bf16 in place, score it again: compare's figures."""
-    ref = probe_scores(handle)
-    to_bf16(handle)
+BF16_MODES = ("weights", "autocast")  # the cheaper first: weights cast to bf16; else fp32 weights, bf16 matmuls
+
+
+def bf16_agreement(handle, mode: str = "weights", ref: dict | None = None) -> dict:
+    """Score the probe set in fp32 (or take `ref`), switch the model to bf16 scoring in `mode` in place
+    (`to_bf16`), score it again: compare's figures."""
+    ref = ref or probe_scores(handle)
+    to_bf16(handle, mode)
     return compare(ref, probe_scores(handle, ref["greedy"]))
 
 
-def to_bf16(handle) -> None:
+def to_bf16(handle, mode: str = "weights") -> None:
+    """bf16 scoring of a loaded model, in place. "weights": every weight cast to bf16 (half the memory and its
+    traffic; the residual stream and norms in bf16 too). "autocast": the weights stay fp32 and each forward runs
+    under bf16 autocast (the matrix products in bf16, norms, softmax and the residual stream in fp32), its logits
+    returned in fp32. Undo "autocast" with `to_fp32`; "weights" cannot be undone (reload the model)."""
     import torch
 
-    handle.model.to(torch.bfloat16)
+    model = handle.model
+    if mode == "weights":
+        model.to(torch.bfloat16)
+        return
+    if mode != "autocast":
+        raise ValueError(f"bf16 mode must be one of {', '.join(BF16_MODES)}, got {mode!r}")
+    from .scoring import _split_head
+
+    device = next(model.parameters()).device.type
+    # the scorer calls the model, or its backbone and output layer separately (last-position logits): all three
+    split = _split_head(model)
+    for module in [model] + (list(split) if split else []):
+        _autocast_forward(module, device)
+
+
+def _autocast_forward(module, device: str) -> None:
+    import functools
+
+    import torch
+
+    if "_tunelens_fp32_forward" in module.__dict__:
+        return
+    inner = module.forward
+
+    @functools.wraps(inner)
+    def forward(*args, **kwargs):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            out = inner(*args, **kwargs)
+        if isinstance(out, torch.Tensor):  # the output layer: logits in fp32, as the scorer's softmax expects
+            return out.float() if out.dtype == torch.bfloat16 else out
+        logits = getattr(out, "logits", None)
+        if logits is not None and logits.dtype == torch.bfloat16:
+            out.logits = logits.float()
+        return out
+
+    module._tunelens_fp32_forward = inner
+    module.forward = forward
+
+
+def to_fp32(handle) -> None:
+    """Undo to_bf16(handle, "autocast")."""
+    for module in handle.model.modules():
+        inner = module.__dict__.pop("_tunelens_fp32_forward", None)
+        if inner is not None:
+            del module.forward  # the instance attribute: the class's forward again
 
 
 def audit_precision(dtype: str, handles: list, reload=None, hw: Hardware | None = None) -> tuple[list, dict]:
     """The precision an audit scores at, the same for every handle: (handles, ledger record).
 
     fp32 (or auto where bf16 is not native): the handles as loaded. bf16 (asked for, or auto where native): each
-    model is scored on the probe set in fp32, cast to bf16 and scored again; bf16 stands only if every model
-    agrees within AGREEMENT. When one does not, `reload()` gives fresh fp32 handles (casting back would not
-    restore the weights); asked-for bf16 that disagrees is an error."""
+    model is scored on the probe set in fp32 and in bf16 autocast, and, when every model agrees there, with its
+    weights cast to bf16 (cheaper still). bf16 stands in the cheapest mode in which every model agrees within
+    AGREEMENT (`mode` in the record). When none does, auto keeps fp32 (autocast leaves the weights as they were);
+    asked-for bf16 is an error. `reload()` gives fresh fp32 handles when the weights were cast and then
+    disagreed (casting back would not restore them)."""
     from .errors import TunelensError
 
     check_dtype(dtype)
@@ -400,23 +455,41 @@ def audit_precision(dtype: str, handles: list, reload=None, hw: Hardware | None 
     from .progress import log
 
     log.info("tunelens: checking bf16 scoring against fp32 on the precision probe set")
-    figures, missed = [], []
-    for h in handles:
-        f = bf16_agreement(h)
-        figures.append(f)
-        missed += passes(f)
-    record["agreement"] = figures if len(figures) > 1 else figures[0]
-    if not missed:
-        record.update(chosen="bf16", why=f"{dtype}: bf16 agrees with fp32 on the probe set "
-                                          f"({'native' if hw.native else 'emulated'}: {hw.kind()})")
+    refs = [probe_scores(h) for h in handles]
+    figures, missed = {}, {}
+    for mode in ("autocast", "weights"):  # autocast first: it leaves the weights, so a failure costs no reload
+        figures[mode] = [bf16_agreement(h, mode, ref) for h, ref in zip(handles, refs)]
+        if mode == "autocast":
+            for h in handles:
+                to_fp32(h)
+        missed[mode] = [m for f in figures[mode] for m in passes(f)]
+        if missed[mode]:
+            break
+    one = (lambda fs: fs if len(fs) > 1 else fs[0])
+    record["agreement"] = one(figures["weights"] if "weights" in figures else figures["autocast"])
+    record["agreement_by_mode"] = {m: one(fs) for m, fs in figures.items()}
+    where = f"({'native' if hw.native else 'emulated'}: {hw.kind()})"
+    if "weights" in missed and not missed["weights"]:
+        record.update(chosen="bf16", mode="weights", why=f"{dtype}: bf16 agrees with fp32 on the probe set with "
+                                                         f"the weights cast to bf16 {where}")
         return handles, record
-    why = f"bf16 disagrees with fp32 on the probe set: {'; '.join(missed)}"
+    if not missed["autocast"]:
+        if reload is None:
+            raise TunelensError("bf16 with cast weights disagrees with fp32 and the fp32 models cannot be reloaded "
+                                "for bf16 autocast")
+        handles = list(reload())
+        for h in handles:
+            to_bf16(h, "autocast")
+        record.update(chosen="bf16", mode="autocast", agreement=record["agreement_by_mode"]["autocast"],
+                      why=f"{dtype}: bf16 autocast agrees with fp32 on the probe set; with the weights cast it "
+                          f"does not ({'; '.join(missed['weights'])}) {where}")
+        return handles, record
+    why = f"bf16 disagrees with fp32 on the probe set, even under autocast: {'; '.join(missed['autocast'])}"
     if dtype == "bf16":
         raise TunelensError(f"--dtype bf16: {why}; audit in fp32 (--dtype fp32 or auto)")
-    if reload is None:
-        raise TunelensError(f"{why}, and the fp32 models cannot be reloaded")
+    record["agreement"] = record["agreement_by_mode"]["autocast"]
     record["why"] = f"auto: {why}; fp32"
-    return list(reload()), record
+    return handles, record
 
 
 def match_precision(record: dict, handle, name: str) -> dict:
@@ -428,7 +501,8 @@ def match_precision(record: dict, handle, name: str) -> dict:
 
     if record.get("chosen") != "bf16":
         return record
-    figures = bf16_agreement(handle)
+    mode = record.get("mode", "weights")  # ledgers from before the autocast mode cast the weights
+    figures = bf16_agreement(handle, mode)
     missed = passes(figures)
     if missed:
         raise TunelensError(f"{name}: bf16 disagrees with fp32 on the precision probe set ({'; '.join(missed)}), "

@@ -73,8 +73,12 @@ def weights_fingerprint(model) -> str:
 def _precision_part(ctx) -> tuple:
     """The scoring precision, when it is not fp32 (fp32 stores keep the fingerprints they had before precision
     was a setting). The weights' dtype is hashed too, but bf16 could also come from autocast."""
-    chosen = (getattr(ctx, "precision", None) or {}).get("chosen", "fp32")
-    return () if chosen == "fp32" else (f"precision={chosen}",)
+    record = getattr(ctx, "precision", None) or {}
+    chosen = record.get("chosen", "fp32")
+    if chosen == "fp32":
+        return ()
+    mode = record.get("mode", "weights")  # bf16 with cast weights keeps the fingerprint it had before autocast
+    return (f"precision={chosen}",) if mode == "weights" else (f"precision={chosen}-{mode}",)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
