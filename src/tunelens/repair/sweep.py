@@ -367,7 +367,7 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
               "tuned_model": tuned, "suites": suites, "tasks": tasks, "limit": limit, "selected": None,
               "select": select, "reference_failed_suites": failed_suites(ref), "reused": reused,
               "tuned_decisions": decisions_of(ref), "engine": "hf",
-              "precision": {k: precision.get(k) for k in ("requested", "chosen", "why")}}
+              "precision": {k: precision.get(k) for k in ("requested", "chosen", "mode", "why") if k in precision}}
     if select:
         refs = {"base": {n: e.get("base") for n, e in entries_by_name(ref).items()},
                 "tuned": {n: e.get("tuned") for n, e in entries_by_name(ref).items()}}
