@@ -202,3 +202,34 @@ def test_cli_sweep_refuses_a_bad_dtype(tiny_model_dir, tiny_adapter_dir, tmp_pat
     r = CliRunner().invoke(app, ["repair", "--sweep", str(f), "--base", str(tiny_model_dir), "--tuned",
                                  str(tiny_adapter_dir), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "fp32" in r.output
+
+
+def test_auto_sweep_starts_again_in_fp32_when_a_candidate_disagrees_in_bf16(tiny_model_dir, tiny_adapter_dir,
+                                                                             mc_task_file, tmp_path, monkeypatch):
+    """Seen on an AMX CPU: base and tuned agree under bf16 autocast, a candidate does not. Under auto the sweep is
+    redone in fp32 (no model compared at another precision than the base), and the record names the candidate;
+    asked-for bf16 fails that candidate instead."""
+    from tunelens import precision as PR
+
+    native = PR.Hardware("cpu", "test cpu", ("avx2", "avx512f", "avx512_bf16"), True)
+    monkeypatch.setattr(PR, "hardware", lambda: native)
+    real = PR.match_precision
+
+    def strict(record, handle, name):
+        if record.get("chosen") == "bf16" and "half" in name:
+            raise PR.PrecisionMismatch(f"{name}: bf16 disagrees with fp32 on the precision probe set (test)")
+        return real(record, handle, name)
+
+    monkeypatch.setattr(PR, "match_precision", strict)
+    kw = dict(suites=["task"], tasks=[str(mc_task_file)], limit=3, progress=False)
+    cands = [{"method": "interpolate", "alpha": 0.5, "name": "half"}]
+    res = run_sweep(str(tiny_model_dir), str(tiny_adapter_dir), cands, tmp_path / "auto", dtype="auto", **kw)
+    assert res["precision"]["chosen"] == "fp32" and res["precision"]["requested"] == "auto"
+    assert "half: bf16 disagrees" in res["precision"]["why"] and "every model scored in fp32" in res["precision"]["why"]
+    assert res["rows"][0]["status"] == "ok", res["rows"][0].get("error")
+    for ledger in ("tuned/audit/ledger.json", "candidates/half/audit/ledger.json"):
+        assert json.loads((tmp_path / "auto" / ledger).read_text())["precision"]["chosen"] == "fp32", ledger
+    res = run_sweep(str(tiny_model_dir), str(tiny_adapter_dir), cands, tmp_path / "bf16", dtype="bf16", **kw)
+    assert res["precision"]["chosen"] == "bf16" and res["rows"][0]["status"] == "failed"
+    err = res["rows"][0]["error"]
+    assert err.startswith("PrecisionMismatch: ") and "half: bf16 disagrees" in err

@@ -26,6 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .errors import TunelensError
+
 DTYPES = ("auto", "fp32", "bf16")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either one: bf16 matmuls run natively on this CPU
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -492,6 +494,13 @@ def audit_precision(dtype: str, handles: list, reload=None, hw: Hardware | None 
     return handles, record
 
 
+class PrecisionMismatch(TunelensError):
+    """A model (a repair sweep's candidate) whose bf16 scores disagree with its fp32 ones while its base is scored
+    in bf16: under `auto` the sweep starts again in fp32 (repair.sweep.run_sweep). `what`: the finding alone."""
+
+    what = ""
+
+
 def match_precision(record: dict, handle, name: str) -> dict:
     """Score one more model (a repair candidate) at the precision an audit already chose for its base, so the
     base and every model compared with it are scored alike. fp32: nothing to do. bf16: the same probe-set check
@@ -505,6 +514,8 @@ def match_precision(record: dict, handle, name: str) -> dict:
     figures = bf16_agreement(handle, mode)
     missed = passes(figures)
     if missed:
-        raise TunelensError(f"{name}: bf16 disagrees with fp32 on the precision probe set ({'; '.join(missed)}), "
-                            f"while its base is scored in bf16; run the sweep with --dtype fp32")
+        what = f"{name}: bf16 disagrees with fp32 on the precision probe set ({'; '.join(missed)})"
+        err = PrecisionMismatch(f"{what}, while its base is scored in bf16; run the sweep with --dtype fp32")
+        err.what = what  # without the advice: what an auto sweep's fp32 record says
+        raise err
     return {**record, "agreement": figures, "why": f"{record.get('why', 'bf16')}; {name} agrees in bf16 as well"}

@@ -286,10 +286,32 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
               limit: int | None = None, select: str | None = None, progress: bool = True,
               base_cache: bool | str | Path | None = None, resume: bool = False, judge: str = _AUDIT.judge,
               dtype: str = _AUDIT.dtype) -> dict:
+    """The sweep (`_run_sweep` says how). Under `auto`, a candidate whose bf16 scores disagree with its fp32 ones
+    sends the whole sweep back to fp32 — base, tuned and every candidate re-audited, never a mix — and the record
+    says which candidate did; asked-for bf16 keeps the failure on that candidate."""
+    from ..precision import PrecisionMismatch
+
+    kw = dict(suites=suites, tasks=tasks, limit=limit, select=select, progress=progress, base_cache=base_cache,
+              judge=judge)
+    try:
+        return _run_sweep(base, tuned, candidates, out, resume=resume, dtype=dtype, **kw)
+    except PrecisionMismatch as e:
+        if dtype != "auto":
+            raise
+        why = f"auto: {e.what or e}; every model scored in fp32 instead"
+        _say(progress, f"sweep: {why}")
+        return _run_sweep(base, tuned, candidates, out, resume=False, dtype="fp32", fallback_why=why, **kw)
+
+
+def _run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suites: list[str], tasks: list[str],
+               limit: int | None = None, select: str | None = None, progress: bool = True,
+               base_cache: bool | str | Path | None = None, resume: bool = False, judge: str = _AUDIT.judge,
+               dtype: str = _AUDIT.dtype, fallback_why: str | None = None) -> dict:
     """`judge`: the refusal judge of every re-audit (the audit's own, so candidates are read the same way).
     `dtype`: the precision every re-audit scores at, chosen once for the base and the tuned model like an
     audit's (tunelens.precision.audit_precision: fp32, or bf16 where native and in agreement) and then required
-    of every candidate (a candidate that disagrees in bf16 fails, naming itself).
+    of every candidate (a candidate that disagrees in bf16 raises PrecisionMismatch: run_sweep starts again in
+    fp32 under auto; under bf16 the candidate fails, naming itself).
     `resume`: `out` holds an earlier attempt of this same sweep in which something failed; candidates that
     succeeded there are reused as they are, failed ones are repaired and re-audited again (their audits and the
     reference audit reuse the suites that succeeded)."""
@@ -297,7 +319,7 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
     from ..audit.base_store import BaseStore, store_dir
     from ..data import load_task
     from ..models import resolve_model
-    from ..precision import audit_precision
+    from ..precision import PrecisionMismatch, audit_precision
     from .core import repair
 
     out = Path(out)
@@ -307,6 +329,8 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
     tuned_handle = resolve_model(tuned, merge_adapter="auto")
     (base_handle, tuned_handle), precision = audit_precision(dtype, [base_handle, tuned_handle], reload=lambda: (
         resolve_model(base), resolve_model(tuned, merge_adapter="auto")))
+    if fallback_why:  # run_sweep's second attempt, in fp32
+        precision = {**precision, "requested": "auto", "why": fallback_why}
     memo: dict = {}
     if folder := store_dir(base_cache):  # keep the base model's results on disk for the next sweep, too
         memo = BaseStore(folder, AuditContext(base=base_handle, tuned=base_handle, tasks=specs, limit=limit,
@@ -356,6 +380,8 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
             row.update(decisions_of(ledger))
             row["all_values"] = {n: e.get("tuned") for n, e in entries_by_name(ledger).items()}
         except Exception as e:  # one broken candidate must not take the sweep down
+            if isinstance(e, PrecisionMismatch) and dtype == "auto":  # run_sweep starts again, in fp32
+                raise
             row.update(status="failed", error=f"{type(e).__name__}: {e}")
             row["traceback"] = traceback.format_exc(limit=5)
             _say(progress, f"sweep: {name}: FAILED ({row['error']})")
