@@ -467,14 +467,14 @@ def audit_precision(dtype: str, handles: list, reload=None, hw: Hardware | None 
         missed[mode] = [m for f in figures[mode] for m in passes(f)]
         if missed[mode]:
             break
-    one = (lambda fs: fs if len(fs) > 1 else fs[0])
-    record["agreement"] = one(figures["weights"] if "weights" in figures else figures["autocast"])
-    record["agreement_by_mode"] = {m: one(fs) for m, fs in figures.items()}
+    by_mode = {m: fs if len(fs) > 1 else fs[0] for m, fs in figures.items()}
+    record["agreement_by_mode"] = by_mode
     where = f"({'native' if hw.native else 'emulated'}: {hw.kind()})"
     if "weights" in missed and not missed["weights"]:
-        record.update(chosen="bf16", mode="weights", why=f"{dtype}: bf16 agrees with fp32 on the probe set with "
-                                                         f"the weights cast to bf16 {where}")
+        record.update(chosen="bf16", mode="weights", agreement=by_mode["weights"],
+                      why=f"{dtype}: bf16 agrees with fp32 on the probe set with the weights cast to bf16 {where}")
         return handles, record
+    record["agreement"] = by_mode["autocast"]  # weights disagreed or were not tried: autocast is what counts
     if not missed["autocast"]:
         if reload is None:
             raise TunelensError("bf16 with cast weights disagrees with fp32 and the fp32 models cannot be reloaded "
@@ -482,14 +482,13 @@ def audit_precision(dtype: str, handles: list, reload=None, hw: Hardware | None 
         handles = list(reload())
         for h in handles:
             to_bf16(h, "autocast")
-        record.update(chosen="bf16", mode="autocast", agreement=record["agreement_by_mode"]["autocast"],
+        record.update(chosen="bf16", mode="autocast",
                       why=f"{dtype}: bf16 autocast agrees with fp32 on the probe set; with the weights cast it "
                           f"does not ({'; '.join(missed['weights'])}) {where}")
         return handles, record
     why = f"bf16 disagrees with fp32 on the probe set, even under autocast: {'; '.join(missed['autocast'])}"
     if dtype == "bf16":
         raise TunelensError(f"--dtype bf16: {why}; audit in fp32 (--dtype fp32 or auto)")
-    record["agreement"] = record["agreement_by_mode"]["autocast"]
     record["why"] = f"auto: {why}; fp32"
     return handles, record
 

@@ -130,6 +130,12 @@ DEFINE_SUMSQ(sumsq_f32, F32)
 DEFINE_SUMSQ(sumsq_f16, F16)
 DEFINE_SUMSQ(sumsq_bf16, BF16)
 
+static int dtype_ok(int dtype) {
+    if (dtype >= F32 && dtype <= BF16) return 1;
+    PyErr_SetString(PyExc_ValueError, "dtype code must be 0 (fp32), 1 (fp16) or 2 (bf16)");
+    return 0;
+}
+
 /* Whether t equals w bit for bit, block by block (memcmp), and w's sum of squares from the block just compared
  * (still in cache): one read of each for an unchanged span; -1 at the first differing block. */
 static double same_sumsq(int dtype, const char *wp, const char *tp, Py_ssize_t n) {
@@ -149,10 +155,7 @@ static PyObject *py_same_sumsq(PyObject *self, PyObject *args) {
     unsigned long long w, t;
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "iKKn", &dtype, &w, &t, &n)) return NULL;
-    if (dtype < F32 || dtype > BF16) {
-        PyErr_SetString(PyExc_ValueError, "dtype code must be 0 (fp32), 1 (fp16) or 2 (bf16)");
-        return NULL;
-    }
+    if (!dtype_ok(dtype)) return NULL;
     double total;
     Py_BEGIN_ALLOW_THREADS
     total = same_sumsq(dtype, (const char *)(uintptr_t)w, (const char *)(uintptr_t)t, n);
@@ -168,10 +171,7 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
     float tol_abs, tol_rel;
     if (!PyArg_ParseTuple(args, "iKKnKpffK", &dtype, &w, &t, &n, &keep, &bf16_exact, &tol_abs, &tol_rel, &out))
         return NULL;
-    if (dtype < F32 || dtype > BF16) {
-        PyErr_SetString(PyExc_ValueError, "dtype code must be 0 (fp32), 1 (fp16) or 2 (bf16)");
-        return NULL;
-    }
+    if (!dtype_ok(dtype)) return NULL;
     double *o = (double *)(uintptr_t)out;
     Py_BEGIN_ALLOW_THREADS
     const void *wp = (const void *)(uintptr_t)w, *tp = (const void *)(uintptr_t)t;
@@ -188,10 +188,7 @@ static PyObject *py_sumsq(PyObject *self, PyObject *args) {
     unsigned long long w;
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "iKn", &dtype, &w, &n)) return NULL;
-    if (dtype < F32 || dtype > BF16) {
-        PyErr_SetString(PyExc_ValueError, "dtype code must be 0 (fp32), 1 (fp16) or 2 (bf16)");
-        return NULL;
-    }
+    if (!dtype_ok(dtype)) return NULL;
     double total;
     Py_BEGIN_ALLOW_THREADS
     const void *wp = (const void *)(uintptr_t)w;

@@ -96,6 +96,31 @@ class FastDropout(torch.nn.Module):
         return f"p={self.p}"
 
 
+def _add_lora(y, x2, lora_a, lora_b, scaling, keep, drop_scale):
+    """y += s·(d(x)·Aᵀ)·Bᵀ in place; returns (d(x), d(x)·Aᵀ), what the backward needs."""
+    xd = x2 if keep is None else _masked(x2, keep.view(x2.shape), drop_scale)
+    h = xd @ lora_a.t()
+    y.addmm_(h, lora_b.t(), alpha=scaling)
+    return xd, h
+
+
+def _lora_grads(ctx, g, lora_a, lora_b, xd, h, keep, frozen_grad_x):
+    """(∂x, ∂A, ∂B) from the 2-D output gradient g (the adapters' dtype); ∂x = frozen_grad_x() + the LoRA term,
+    computed only when x needs it."""
+    s = ctx.scaling
+    gh = (g @ lora_b).mul_(s)  # [T, r]: the scaling on the rank-r product, not on the full gradient
+    grad_a = gh.t() @ xd if ctx.needs_input_grad[3] else None
+    grad_b = (g.t() @ h).mul_(s) if ctx.needs_input_grad[4] else None
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_x = frozen_grad_x()
+        if keep is None:
+            grad_x.addmm_(gh, lora_a)
+        else:
+            grad_x.add_(_masked(gh @ lora_a, keep.view(grad_x.shape), ctx.drop_scale))
+    return grad_x, grad_a, grad_b
+
+
 class _LoraLinear(torch.autograd.Function):
     """y = x·Wᵀ + b + s·(d(x)·Aᵀ)·Bᵀ for a frozen W (and b); gradients for x, A and B only."""
 
@@ -104,9 +129,7 @@ class _LoraLinear(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         y = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
-        xd = x2 if keep is None else _masked(x2, keep.view(x2.shape), drop_scale)
-        h = xd @ lora_a.t()
-        y.addmm_(h, lora_b.t(), alpha=scaling)
+        xd, h = _add_lora(y, x2, lora_a, lora_b, scaling, keep, drop_scale)
         ctx.save_for_backward(weight, lora_a, lora_b, xd, h, keep)
         ctx.scaling, ctx.drop_scale, ctx.shape = scaling, drop_scale, shape
         return y.view(*shape[:-1], y.shape[-1])
@@ -114,18 +137,9 @@ class _LoraLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         weight, lora_a, lora_b, xd, h, keep = ctx.saved_tensors
-        s = ctx.scaling
         g = grad.reshape(-1, grad.shape[-1])
-        gh = (g @ lora_b).mul_(s)  # [T, r]: the scaling on the rank-r product, not on the full gradient
-        grad_a = gh.t() @ xd if ctx.needs_input_grad[3] else None
-        grad_b = (g.t() @ h).mul_(s) if ctx.needs_input_grad[4] else None
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = g @ weight
-            if keep is None:
-                grad_x.addmm_(gh, lora_a)
-            else:
-                grad_x.add_(_masked(gh @ lora_a, keep.view(grad_x.shape), ctx.drop_scale))
+        grad_x, grad_a, grad_b = _lora_grads(ctx, g, lora_a, lora_b, xd, h, keep, lambda: g @ weight)
+        if grad_x is not None:
             grad_x = grad_x.view(ctx.shape)
         return grad_x, None, None, grad_a, grad_b, None, None, None
 
@@ -143,10 +157,7 @@ class _LoraLinearBf16(torch.autograd.Function):
             y = (x2.to(torch.bfloat16) @ wb.t()).float()
             if bias is not None:
                 y.add_(bias)
-            x32 = x2.float()
-            xd = x32 if keep is None else _masked(x32, keep.view(x2.shape), drop_scale)
-            h = xd @ lora_a.t()
-            y.addmm_(h, lora_b.t(), alpha=scaling)
+            xd, h = _add_lora(y, x2.float(), lora_a, lora_b, scaling, keep, drop_scale)
         ctx.save_for_backward(wb, lora_a, lora_b, xd, h, keep)
         ctx.scaling, ctx.drop_scale, ctx.shape, ctx.x_dtype = scaling, drop_scale, shape, x.dtype
         return y.view(*shape[:-1], y.shape[-1])
@@ -154,22 +165,23 @@ class _LoraLinearBf16(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         wb, lora_a, lora_b, xd, h, keep = ctx.saved_tensors
-        s = ctx.scaling
         with torch.autocast("cpu", enabled=False):
             g = grad.reshape(-1, grad.shape[-1])
-            g32 = g.float()
-            gh = (g32 @ lora_b).mul_(s)
-            grad_a = gh.t() @ xd if ctx.needs_input_grad[3] else None
-            grad_b = (g32.t() @ h).mul_(s) if ctx.needs_input_grad[4] else None
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                grad_x = (g.to(torch.bfloat16) @ wb).float()
-                if keep is None:
-                    grad_x.addmm_(gh, lora_a)
-                else:
-                    grad_x.add_(_masked(gh @ lora_a, keep.view(grad_x.shape), ctx.drop_scale))
+            grad_x, grad_a, grad_b = _lora_grads(ctx, g.float(), lora_a, lora_b, xd, h, keep,
+                                                 lambda: (g.to(torch.bfloat16) @ wb).float())
+            if grad_x is not None:
                 grad_x = grad_x.to(ctx.x_dtype).view(ctx.shape)
         return grad_x, None, None, grad_a, grad_b, None, None, None
+
+
+def _dtypes_fit(x, weight, a, b, low: bool) -> bool:
+    """Without autocast: one dtype throughout. Under CPU bf16 autocast: fp32 adapters over a frozen fp32 or bf16
+    weight, an fp32 or bf16 input."""
+    if not low:
+        return x.dtype == weight.dtype == a.dtype == b.dtype
+    either = (torch.float32, torch.bfloat16)
+    return (a.dtype == b.dtype == torch.float32 and x.dtype in either and weight.dtype in either
+            and not weight.requires_grad)
 
 
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -185,10 +197,7 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             or self.lora_B[name].bias is not None):
         return self._peft_forward(x, *args, **kwargs)
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
-    fp32 = torch.float32
-    if (not (x.dtype == base.weight.dtype == a.dtype == b.dtype) if not low
-            else not (a.dtype == b.dtype == fp32 and x.dtype in (fp32, torch.bfloat16)
-                      and base.weight.dtype in (fp32, torch.bfloat16) and not base.weight.requires_grad)):
+    if not _dtypes_fit(x, base.weight, a, b, low):
         return self._peft_forward(x, *args, **kwargs)
     drop = self.lora_dropout[name]
     p = getattr(drop, "p", 0.0) if drop.training else 0.0
