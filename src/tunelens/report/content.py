@@ -414,6 +414,25 @@ def fmt_ci(ci, signed: bool = True) -> str:
     return f"[{fmt(ci[0], signed)}, {fmt(ci[1], signed)}]" if ci and ci[0] is not None else "–"
 
 
+def cs_text(entry: dict) -> str:
+    """The 95% confidence sequence of a headline entry; 'exact: whole pool' once every item of the pool is drawn.
+
+    Sampling without replacement, the sequence closes on the pool's own mean when the pool is used up, so its
+    interval has zero width there: the change is then known exactly for this pool (not for items outside it),
+    which a zero-width interval such as [-0.057, -0.057] reads as a rounding slip instead of saying.
+    """
+    cs, n, pool = entry.get("cs95"), entry.get("n"), entry.get("pool")
+    if cs and cs[0] is not None and isinstance(n, int) and isinstance(pool, int) and 0 < pool <= n:
+        return "exact: whole pool"
+    return fmt_ci(cs)
+
+
+def cs_phrase(entry: dict) -> str:
+    """``cs_text`` in a sentence: '95% confidence sequence [a, b]', or 'exact: whole pool'."""
+    text = cs_text(entry)
+    return text if text.startswith("exact") else f"95% confidence sequence {text}"
+
+
 def fmt_p(p) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "–"

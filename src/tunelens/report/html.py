@@ -124,7 +124,7 @@ def _headline_table(ledger: dict) -> str:
     for d in heads:
         e = d.entry
         rows.append([escape(d.suite), escape(d.metric), C.fmt(e.get("base")), C.fmt(e.get("tuned")),
-                     C.fmt(e.get("delta"), True), _decision_span(e), C.fmt_ci(e.get("cs95")), C.interval_text(e),
+                     C.fmt(e.get("delta"), True), _decision_span(e), C.cs_text(e), C.interval_text(e),
                      f"{escape(str(e.get('n', '–')))} / {escape(str(e.get('pool') or '–'))}",
                      escape(str(e.get("stop") or "–")), C.fmt(e.get("mde")), C.fmt_p(e.get("p_holm"))])
     return ("<h3>Headline decisions</h3>\n"
@@ -142,8 +142,8 @@ def _decision_li(d: C.Decision, cls: str) -> str:
     e = d.entry
     holm = "" if d.holm_kept else ' <span class="muted">(not after Holm)</span>'
     return (f"<li><span class=\"{cls}\">{escape(d.suite)} · {escape(d.metric)}</span>: {C.fmt(e.get('base'))} → "
-            f"{C.fmt(e.get('tuned'))} (Δ {C.fmt(e.get('delta'), True)}, 95% confidence sequence "
-            f"{C.fmt_ci(e.get('cs95'))}){holm}</li>")
+            f"{C.fmt(e.get('tuned'))} (Δ {C.fmt(e.get('delta'), True)}, "
+            f"{C.cs_phrase(e)}){holm}</li>")
 
 
 def _gates(data: RunData) -> str:
@@ -238,7 +238,7 @@ def _gains_costs(data: RunData) -> str:
             rows.append([escape(C.metric_label(suite, e))] + [escape(t) for _, t in C.extra_columns(suite, e)]
                         + [escape(e.get("role") or "–"), C.fmt(e.get("base")), C.fmt(e.get("tuned")),
                            C.fmt(e["delta"], True), escape(C.interval_text(e)),
-                           C.fmt_ci(e.get("cs95")) if head else "–", escape(n),
+                           C.cs_text(e) if head else "–", escape(n),
                            "↑" if e.get("higher_is_better", True) else "↓", read])
         k = len(extra)  # the suite's own columns (Suite.report_columns) follow the metric, left-aligned
         out.append(_table(["metric", *map(escape, extra), "role", "base", "tuned", "Δ", "fixed-n 95% CI",

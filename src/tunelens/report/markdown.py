@@ -62,7 +62,7 @@ def _verdict(data: RunData) -> list[str]:
             for d in decisions:
                 e = d.entry
                 out.append(f"- {cell(d.suite)} · {cell(d.metric)}: {C.fmt(e.get('base'))} → {C.fmt(e.get('tuned'))} "
-                           f"(Δ {C.fmt(e.get('delta'), True)}, 95% confidence sequence {C.fmt_ci(e.get('cs95'))})"
+                           f"(Δ {C.fmt(e.get('delta'), True)}, {C.cs_phrase(e)})"
                            + ("" if d.holm_kept else " _not after Holm_"))
             out.append("")
     out += _gates(data)
@@ -84,7 +84,7 @@ def _headline_table(ledger: dict) -> list[str]:
         label = d.label
         rows.append([cell(d.suite), cell(d.metric), C.fmt(e.get("base")), C.fmt(e.get("tuned")),
                      C.fmt(e.get("delta"), True), f"**{cell(label)}**" if d.direction else cell(label),
-                     C.fmt_ci(e.get("cs95")), C.interval_text(e), f"{e.get('n', '–')} / {e.get('pool') or '–'}",
+                     C.cs_text(e), C.interval_text(e), f"{e.get('n', '–')} / {e.get('pool') or '–'}",
                      cell(e.get("stop") or "–"), C.fmt(e.get("mde")), C.fmt_p(e.get("p_holm"))])
     return (["**Headline decisions**", ""]
             + _table(["suite", "metric", "base", "tuned", "Δ", "decision", "95% confidence sequence", "fixed-n 95% CI",
@@ -128,7 +128,7 @@ def _suites(data: RunData) -> list[str]:
             read = "; ".join([cell(f"{h}: {t}") for h, t in C.extra_columns(suite, e)] + ([read] if read else []))
             rows.append([suite, cell(C.metric_label(suite, e)), cell(e.get("role") or "–"), C.fmt(e.get("base")),
                          C.fmt(e.get("tuned")), C.fmt(e["delta"], True), C.interval_text(e),
-                         C.fmt_ci(e.get("cs95")) if head else "–", cell(n), read])
+                         C.cs_text(e) if head else "–", cell(n), read])
     out = ["Only headline metrics are decided. Secondary metrics: fixed-n 95% interval measured on the items the suite "
            "drew, not a decision. Diagnostics describe a change without rating it.", ""]
     out += _table(["suite", "metric", "role", "base", "tuned", "Δ", "fixed-n 95% CI", "95% confidence sequence", "n",
