@@ -304,6 +304,22 @@ def test_headline_table_holds_every_decision(tmp_path):
     assert "**cost (not after Holm)**" in row and "[+0.010, +0.070]" in row
 
 
+def test_a_used_up_pool_reads_exact_instead_of_a_zero_width_sequence(tmp_path):
+    from tunelens.report import content as C
+
+    whole = _headline("text_loss", -0.057, [-0.057, -0.057], "cost", pool=64, n=64, hib=False, stop="pool exhausted")
+    part = _headline("accuracy", 0.12, [0.05, 0.19], "gain", pool=200, n=64)
+    assert C.cs_text(whole) == "exact: whole pool" and C.cs_text(part) == "[+0.050, +0.190]"
+    assert C.cs_phrase(part) == "95% confidence sequence [+0.050, +0.190]"
+    html, md = _render(tmp_path, _ledger({"forgetting": [whole], "task": [part]}))
+    for text in (_row(_section(html, "verdict").split("Headline decisions", 1)[1], "text_loss"),
+                 _row(_section(html, "gains-costs"), "text_loss"), _md_rows(md, "text_loss")[0]):
+        assert "exact: whole pool" in text and "[-0.057, -0.057]" not in text, text
+    assert "(Δ -0.057, exact: whole pool)" in _section(html, "verdict")
+    assert "(Δ -0.057, exact: whole pool)" in md
+    assert "[+0.050, +0.190]" in _row(_section(html, "gains-costs"), "accuracy")
+
+
 def test_only_headline_decisions_are_called_gains_or_costs(tmp_path):
     from tunelens.report import content as C
 
