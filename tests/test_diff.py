@@ -7,6 +7,7 @@ import json
 import math
 import threading
 import warnings
+import xml.etree.ElementTree as ET
 
 import pytest
 import torch
@@ -20,6 +21,8 @@ from tunelens.weights import checkpoint
 from tunelens.errors import ModelError, TunelensError
 
 from conftest import make_tiny_llama, make_tiny_tokenizer
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 UP = "model.layers.0.mlp.up_proj.weight"
 NORM = "model.layers.0.input_layernorm.weight"
@@ -120,8 +123,29 @@ def test_statistics_match_dense_computation(pair, tmp_path):
     with open(out / "diff_tensors.csv") as f:
         csv_rows = list(csv.DictReader(f))
     assert len(csv_rows) == len(base) and {"frac_changed_bf16", "rank", "energy99"} <= set(csv_rows[0])
-    assert (out / "heatmap.png").stat().st_size > 1000
+    svg = ET.parse(out / "heatmap.svg").getroot()  # well-formed, one cell per value, the value as its tooltip
+    cells = [r for r in svg.iter(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
+    assert len(cells) == sum(v is not None for line in heat["values"] for v in line)
+    q_title = f"layer 0 · q_proj: {q['rel_fro']:.6g}"
+    assert q_title in [r.find(f"{SVG}title").text for r in cells]
     assert (out / "heatmap.csv").read_text().splitlines()[0].startswith("layer,")
+
+
+def test_diff_writes_its_files_without_a_plotting_library(pair, tmp_path):
+    """The heatmap is hand-written SVG (report/svg.py): a diff streams gigabytes at read speed, then must not
+    spend a third of a second importing matplotlib to draw a grid."""
+    import subprocess
+    import sys
+
+    probe = ("import json, sys\nfrom tunelens.diff import diff_models\n"
+             "diff_models(sys.argv[1], sys.argv[2], out=sys.argv[3])\n"
+             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib')))")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", probe, str(pair / "base"), str(pair / "tuned"), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert (out / "heatmap.svg").is_file() and (out / "diff.json").is_file()
 
 
 def test_sharded_checkpoint_same_result(pair):

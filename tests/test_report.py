@@ -139,7 +139,9 @@ def test_full_run_report_has_every_section_plot_and_number(run_dir):
     assert page.ids == SECTION_IDS
     assert page.scripts == 0 and page.external == [], "the page must be self-contained"
     # forest plots per suite + safety + heatmap + graft + repair + loss + learning curve
-    assert len(page.imgs) >= 8 and all(s.startswith("data:image/png;base64,") for s in page.imgs)
+    assert len(page.imgs) >= 8 and all(s.startswith(("data:image/png;base64,", "data:image/svg+xml;base64,"))
+                                       for s in page.imgs)
+    assert sum(s.startswith("data:image/svg+xml;base64,") for s in page.imgs) == 1  # the heatmap (report/svg.py)
     assert "Not available" not in html
     ledger = json.loads((run_dir / "audit/bbbb00000002/ledger.json").read_text())
     acc = next(e for e in ledger["suites"]["task"]["entries"] if e["metric"] == "accuracy")
@@ -318,6 +320,30 @@ def test_a_used_up_pool_reads_exact_instead_of_a_zero_width_sequence(tmp_path):
     assert "(Δ -0.057, exact: whole pool)" in _section(html, "verdict")
     assert "(Δ -0.057, exact: whole pool)" in md
     assert "[+0.050, +0.190]" in _row(_section(html, "gains-costs"), "accuracy")
+
+
+def test_heatmap_svg_colours_cells_by_value_and_escapes_labels():
+    import xml.etree.ElementTree as ET
+
+    from tunelens.report.svg import CIVIDIS, colour, heatmap_svg
+
+    ns = "{http://www.w3.org/2000/svg}"
+    heat = {"layers": [0, 1, 2], "modules": ["q_proj", "<mlp&>"], "values": [[0.1, None], [0.3, 0.2], [0.5, 0.4]]}
+    text = heatmap_svg(heat)
+    assert text == heatmap_svg(heat)  # a pure function of the grid: the same diff gives the same bytes
+    root = ET.fromstring(text)  # well-formed although a label holds markup characters
+    cells = {r.find(f"{ns}title").text: r.get("fill") for r in root.iter(f"{ns}rect") if r.find(f"{ns}title") is not None}
+    assert len(cells) == 5 and not any("layer 0 · <mlp&>" in t for t in cells)  # the blank cell is not drawn
+    assert cells["layer 0 · q_proj: 0.1"] == CIVIDIS[0] and cells["layer 2 · q_proj: 0.5"] == CIVIDIS[-1]
+    assert cells["layer 1 · <mlp&>: 0.2"] == colour(0.25) and cells["layer 1 · q_proj: 0.3"] == colour(0.5)
+    lum = [sum(int(colour(t)[i:i + 2], 16) for i in (1, 3, 5)) for t in (0, 0.25, 0.5, 0.75, 1)]
+    assert lum == sorted(lum) and len(set(lum)) == 5  # larger values are lighter: readable in greyscale
+    ticks = [t.text for t in root.iter(f"{ns}text")]
+    assert "0.5" in ticks and "0.1" in ticks and "&lt;mlp&amp;&gt;" in text
+    flat = ET.fromstring(heatmap_svg({"layers": [0], "modules": ["q_proj"], "values": [[0.0]]}))
+    assert [r.get("fill") for r in flat.iter(f"{ns}rect") if r.find(f"{ns}title") is not None] == [colour(0.5)]
+    empty = heatmap_svg({"layers": [0], "modules": ["q_proj"], "values": [[None]]})
+    assert "no values" in empty and ET.fromstring(empty) is not None
 
 
 def test_only_headline_decisions_are_called_gains_or_costs(tmp_path):

@@ -37,7 +37,7 @@ def diff_models(base: str | None = None, tuned: str | None = None, other: str | 
     Models are named as everywhere in tunelens (folder, PEFT adapter, .gguf, hub id, 'default'); ``base`` may be
     omitted when ``tuned`` is an adapter that names its base. ``rank``: singular values of every 2-D Δ (the slow
     part); ``rank_max_dim`` skips them for matrices whose smaller side is larger. ``out``: folder for diff.json,
-    diff_tensors.csv, heatmap.png/csv (atomic writes). ``workers``: threads for the elementwise statistics
+    diff_tensors.csv, heatmap.svg/csv (atomic writes). ``workers``: threads for the elementwise statistics
     (default: torch's thread count). ``progress(done_bytes, total_bytes)`` is called per slab (default: the
     progress channel, tunelens.progress).
     Returns the diff.json content (with the per-tensor rows under ``tensors``).

@@ -1,4 +1,4 @@
-"""Files of a diff: diff.json, diff_tensors.csv, heatmap.csv and heatmap.png (all written atomically),
+"""Files of a diff: diff.json, diff_tensors.csv, heatmap.csv and heatmap.svg (all written atomically),
 and the short text summary the CLI prints."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def write_outputs(result: dict, out: Path) -> dict:
     heat = result["aggregates"]["heatmap"]
     _write_heatmap_csv(heat, files["heatmap_csv"])
     if heat["layers"] and heat["modules"]:
-        files["heatmap_png"] = out / "heatmap.png"
-        _write_heatmap_png(heat, files["heatmap_png"], title=f"{Path(result['tuned']['spec']).name} vs "
+        files["heatmap_svg"] = out / "heatmap.svg"
+        _write_heatmap_svg(heat, files["heatmap_svg"], title=f"{Path(result['tuned']['spec']).name} vs "
                                                                f"{Path(result['base']['spec']).name}")
     files = {k: str(v) for k, v in files.items()}
     write_json(files["json"], {**result, "files": files})  # last: its presence means the set is complete
@@ -60,12 +60,11 @@ def _write_heatmap_csv(heat: dict, path: Path) -> None:
             w.writerow([layer] + [_cell(v) for v in line])
 
 
-def _write_heatmap_png(heat: dict, path: Path, title: str) -> None:
-    from ..report.plots import heatmap_figure
+def _write_heatmap_svg(heat: dict, path: Path, title: str) -> None:
+    from ..report.svg import heatmap_svg  # no plotting library: see report/svg.py
 
-    fig = heatmap_figure(heat, title=f"‖ΔW‖_F / ‖W‖_F per layer and module — {title}")
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png")
+    with atomic_open(path) as f:
+        f.write(heatmap_svg(heat, title=f"‖ΔW‖_F / ‖W‖_F per layer and module — {title}"))
 
 
 def _pct(v) -> str:

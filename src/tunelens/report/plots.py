@@ -1,4 +1,5 @@
-"""The report's charts (matplotlib, Agg, no pyplot): PNG data URIs, readable in print.
+"""The report's charts (matplotlib, Agg, no pyplot): PNG data URIs, readable in print; the heatmap is SVG
+(report/svg.py, shared with `tunelens diff`).
 
 Colours are the Okabe–Ito palette (distinguishable with every common colour-vision deficiency), the heatmap
 uses cividis; every chart is also told apart by marker or hatch, not colour alone.
@@ -94,28 +95,12 @@ def safety_bars(rows: list[dict]) -> str:
         return _uri(fig)
 
 
-def heatmap_figure(heat: dict, title: str = "Relative size of the update per layer and module "
-                                           "(blank: unchanged / absent)") -> Figure:
-    """Layer × module grid of the update's relative size ‖ΔW‖_F / ‖W‖_F (diff's heatmap.png and the report)."""
-    data = np.array([[np.nan if v is None else v for v in line] for line in heat["values"]], dtype=float)
-    layers, modules = heat["layers"], heat["modules"]
-    with rc_context({**STYLE, "axes.grid": False}):
-        fig = _figure(min(3.2 + 0.75 * len(modules), 12), min(2.6 + 0.24 * len(layers), 14))
-        ax = fig.add_subplot()
-        img = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap="cividis", interpolation="nearest")
-        ax.set_xticks(range(len(modules)), modules, rotation=40, ha="right")
-        step = max(1, math.ceil(len(layers) / 32))
-        ax.set_yticks(range(0, len(layers), step), [str(v) for v in layers[::step]])
-        ax.set_xlabel("module")
-        ax.set_ylabel("layer")
-        ax.set_title(title)
-        fig.colorbar(img, ax=ax, label="‖ΔW‖_F / ‖W‖_F")
-        fig.tight_layout()
-    return fig
-
-
 def heatmap(heat: dict) -> str:
-    return _uri(heatmap_figure(heat))
+    """Layer × module grid of the update's relative size ‖ΔW‖_F / ‖W‖_F: the SVG of diff's heatmap.svg (one
+    renderer for both, report/svg.py), as a data URI."""
+    from .svg import heatmap_svg
+
+    return "data:image/svg+xml;base64," + base64.b64encode(heatmap_svg(heat).encode("utf-8")).decode("ascii")
 
 
 def graft_curve(rows: list[dict], metric: str) -> str:
