@@ -77,6 +77,12 @@ def _check_page(driver, html: Path, shot: Path) -> list[dict]:
         " w: i.naturalWidth, h: i.naturalHeight, alt: i.alt}))")
     for img in imgs:
         assert img["complete"] and img["w"] > 0 and img["h"] > 0, img
+    # nothing wider than the window: a wide table scrolls inside its own box, the page never sideways
+    for width in (1200, 900):
+        driver.set_window_size(width, 900)
+        sizes = driver.execute_script("const e = document.documentElement; return [e.scrollWidth, e.clientWidth]")
+        assert sizes[0] <= sizes[1], f"page {sizes[0]} px wide in a {sizes[1]} px window"
+    driver.set_window_size(1200, 900)
     errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert errors == [], errors
     assert _failed_requests(driver) == []

@@ -32,8 +32,8 @@ img{max-width:100%;height:auto;display:block;margin:.6em 0}
 .flip{border:1px solid #ccc;border-radius:4px;margin:.8em 0;padding:.5em .8em;break-inside:avoid}
 .flip .cols{display:grid;grid-template-columns:1fr 1fr;gap:.8em}
 pre{white-space:pre-wrap;word-break:break-word;background:#f7f7f7;padding:.4em .6em;margin:.3em 0;font-size:.85em}
-.muted{color:#666;font-size:.9em}
-@media print{body{max-width:none;margin:0}h2{break-after:avoid}img,table{break-inside:avoid}}
+.muted{color:#666;font-size:.9em}.tw{max-width:100%;overflow-x:auto}
+@media print{body{max-width:none;margin:0}h2{break-after:avoid}img,table{break-inside:avoid}.tw{overflow:visible}}
 """
 
 
@@ -87,7 +87,7 @@ def _table(head: list[str], rows: list[list[str]], left: int = 1, text: tuple = 
 
     th = "".join(f'<th class="l">{h}</th>' if i < left or i in text else f"<th>{h}</th>" for i, h in enumerate(head))
     trs = "".join("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(r)) + "</tr>\n" for r in rows)
-    return f"<table>\n<tr>{th}</tr>\n{trs}</table>"
+    return f'<div class="tw"><table>\n<tr>{th}</tr>\n{trs}</table></div>'  # .tw: a wide table scrolls in its box
 
 
 # ----------------------------------------------------------------------------------------------------- sections
