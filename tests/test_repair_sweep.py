@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 
@@ -221,14 +222,24 @@ def test_auto_sweep_starts_again_in_fp32_when_a_candidate_disagrees_in_bf16(tiny
         return real(record, handle, name)
 
     monkeypatch.setattr(PR, "match_precision", strict)
+    from tunelens.repair import core as RC
+
+    made = []
+    real_repair = RC.repair
+    monkeypatch.setattr(RC, "repair", lambda *a, **k: made.append(a[3]) or real_repair(*a, **k))
     kw = dict(suites=["task"], tasks=[str(mc_task_file)], limit=3, progress=False)
-    cands = [{"method": "interpolate", "alpha": 0.5, "name": "half"}]
+    cands = [{"method": "interpolate", "alpha": 0.25, "name": "quarter"},
+             {"method": "interpolate", "alpha": 0.5, "name": "half"}]
     res = run_sweep(str(tiny_model_dir), str(tiny_adapter_dir), cands, tmp_path / "auto", dtype="auto", **kw)
     assert res["precision"]["chosen"] == "fp32" and res["precision"]["requested"] == "auto"
     assert "half: bf16 disagrees" in res["precision"]["why"] and "every model scored in fp32" in res["precision"]["why"]
-    assert res["rows"][0]["status"] == "ok", res["rows"][0].get("error")
-    for ledger in ("tuned/audit/ledger.json", "candidates/half/audit/ledger.json"):
+    assert [r["status"] for r in res["rows"]] == ["ok", "ok"], [r.get("error") for r in res["rows"]]
+    # each candidate repaired once: the fp32 attempt re-audits the bf16 attempt's repairs, it does not redo them
+    assert sorted(os.path.basename(str(p)) for p in made) == ["half", "quarter"]
+    for ledger in ("tuned/audit/ledger.json", "candidates/quarter/audit/ledger.json",
+                   "candidates/half/audit/ledger.json"):
         assert json.loads((tmp_path / "auto" / ledger).read_text())["precision"]["chosen"] == "fp32", ledger
+    cands = cands[1:]
     res = run_sweep(str(tiny_model_dir), str(tiny_adapter_dir), cands, tmp_path / "bf16", dtype="bf16", **kw)
     assert res["precision"]["chosen"] == "bf16" and res["rows"][0]["status"] == "failed"
     err = res["rows"][0]["error"]

@@ -291,8 +291,11 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
     says which candidate did; asked-for bf16 keeps the failure on that candidate."""
     from ..precision import PrecisionMismatch
 
+    # repairs finished in a bf16 attempt: the fp32 attempt re-audits them, it does not repair them again (a
+    # repair does not depend on the precision audits score at)
+    repaired: dict = {}
     kw = dict(suites=suites, tasks=tasks, limit=limit, select=select, progress=progress, base_cache=base_cache,
-              judge=judge)
+              judge=judge, repaired=repaired)
     try:
         return _run_sweep(base, tuned, candidates, out, resume=resume, dtype=dtype, **kw)
     except PrecisionMismatch as e:
@@ -306,7 +309,7 @@ def run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suite
 def _run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suites: list[str], tasks: list[str],
                limit: int | None = None, select: str | None = None, progress: bool = True,
                base_cache: bool | str | Path | None = None, resume: bool = False, judge: str = _AUDIT.judge,
-               dtype: str = _AUDIT.dtype, fallback_why: str | None = None) -> dict:
+               dtype: str = _AUDIT.dtype, fallback_why: str | None = None, repaired: dict | None = None) -> dict:
     """`judge`: the refusal judge of every re-audit (the audit's own, so candidates are read the same way).
     `dtype`: the precision every re-audit scores at, chosen once for the base and the tuned model like an
     audit's (tunelens.precision.audit_precision: fp32, or bf16 where native and in agreement) and then required
@@ -314,7 +317,9 @@ def _run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suit
     fp32 under auto; under bf16 the candidate fails, naming itself).
     `resume`: `out` holds an earlier attempt of this same sweep in which something failed; candidates that
     succeeded there are reused as they are, failed ones are repaired and re-audited again (their audits and the
-    reference audit reuse the suites that succeeded)."""
+    reference audit reuse the suites that succeeded).
+    `repaired`: {name: (method, options, kind, summary, out)} of repairs already made by an earlier attempt of
+    this call (run_sweep's bf16 attempt); filled as repairs finish, reused when method and options match."""
     from ..audit import AuditContext
     from ..audit.base_store import BaseStore, store_dir
     from ..data import load_task
@@ -363,10 +368,15 @@ def _run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suit
                 if prev and prev.get("kind") and prev.get("out") and Path(prev["out"]).exists():
                     # the repair itself finished; only its audit failed: audit it again (what failed)
                     row["kind"], row["summary"], row["out"] = prev["kind"], prev.get("summary"), prev["out"]
+                elif (made := (repaired or {}).get(name)) and made[:2] == (c["method"], opts) \
+                        and Path(made[4]).exists():  # repaired by the bf16 attempt: only the audit is redone
+                    row["kind"], row["summary"], row["out"] = made[2:]
                 else:
                     _say(progress, f"sweep: {name}: repairing")
                     res = repair(base, tuned, c["method"], path, progress=progress, **opts)
                     row["kind"], row["summary"], row["out"] = res.kind, res.summary, str(res.out)
+                    if repaired is not None:
+                        repaired[name] = (c["method"], opts, res.kind, res.summary, str(res.out))
                 _say(progress, f"sweep: {name}: auditing")
                 ledger = _audit(base_handle, row["out"], specs, suites, limit, path / "audit", memo, progress,
                                 resume, judge, precision)
