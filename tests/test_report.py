@@ -153,6 +153,7 @@ def test_full_run_report_has_every_section_plot_and_number(run_dir):
     graft = json.loads((run_dir / "graft/dddd00000004/graft.json").read_text())
     assert f"{graft['results'][0]['score']['graft']:.3f}" in html
     assert "safelora-0.5" in html and "★ selected" in html and "failed: RuntimeError: &lt;bad&gt; merge" in html
+    assert "interval of that model&#x27;s change from the base" in _section(html, "repair")  # what the grey means
     assert "<td class=\"l\">80</td><td>0.680</td>" in html  # the learning curve's measured points
     md = paths["md"].read_text()
     assert f"{acc['delta']:+.3f}" in md and "Repair selected **safelora-0.5**" in md

@@ -414,6 +414,12 @@ def fmt_ci(ci, signed: bool = True) -> str:
     return f"[{fmt(ci[0], signed)}, {fmt(ci[1], signed)}]" if ci and ci[0] is not None else "–"
 
 
+REPAIR_INTERVALS = ("In grey beside each value, and as the chart's error bars: the paired fixed-n 95% interval of that "
+                    "model's change from the base on the items its re-audit drew, placed on the value's scale (base "
+                    "value + the change's interval) — the uncertainty of the comparison with the base, not of the "
+                    "value alone, and not a comparison between two candidates.")
+
+
 def cs_text(entry: dict) -> str:
     """The 95% confidence sequence of a headline entry; 'exact: whole pool' once every item of the pool is drawn.
 

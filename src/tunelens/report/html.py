@@ -398,6 +398,7 @@ def _repair(data: RunData) -> str:
                     + [_score_cell((r.get("scores") or {}).get(a)) for a in axes]
                     + [escape(flags), escape(status if status == "ok" else f"failed: {r.get('error')}")])
     out.append(_table(["candidate", "method", "options"] + [escape(a) for a in axes] + ["", "status"], rows, left=3))
+    out.append(f'<p class="muted">{escape(C.REPAIR_INTERVALS)}</p>')
     return "\n".join(out)
 
 

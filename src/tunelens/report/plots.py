@@ -163,7 +163,7 @@ def tradeoff(sweep: dict, x_axis: str, y_axis: str) -> str:
                     label=f"selected: {sel.get('name')}")
         ax.set_xlabel(f"{x_axis} (higher is better)")
         ax.set_ylabel(f"{y_axis} (higher is safer)")
-        ax.set_title("Repair trade-off: task score vs refusal rate (95% CIs)")
+        ax.set_title("Repair trade-off: task score vs refusal rate\n(bars: 95% paired interval of the change from the base)")
         ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return _uri(fig)
 
