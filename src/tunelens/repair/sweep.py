@@ -318,8 +318,8 @@ def _run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suit
     `resume`: `out` holds an earlier attempt of this same sweep in which something failed; candidates that
     succeeded there are reused as they are, failed ones are repaired and re-audited again (their audits and the
     reference audit reuse the suites that succeeded).
-    `repaired`: {name: (method, options, kind, summary, out)} of repairs already made by an earlier attempt of
-    this call (run_sweep's bf16 attempt); filled as repairs finish, reused when method and options match."""
+    `repaired`: {name: row} of repairs already made by an earlier attempt of this call (run_sweep's bf16
+    attempt), filled as repairs finish; read like the rows of a resumed sweep whose audit failed."""
     from ..audit import AuditContext
     from ..audit.base_store import BaseStore, store_dir
     from ..data import load_task
@@ -356,7 +356,7 @@ def _run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suit
         row = {"name": name, "method": c["method"], "options": opts, "path": str(path), "kind": None, "out": None,
                "ledger": str(path / "audit" / "ledger.json"), "scores": {}, "pareto": False, "selected": False,
                "status": "ok", "error": None}
-        prev = earlier.get(name)
+        prev = earlier.get(name) or (repaired or {}).get(name)  # on disk (resume), or this call's bf16 attempt
         if prev and (prev.get("method"), prev.get("options")) != (c["method"], opts):
             prev = None
         try:
@@ -366,17 +366,15 @@ def _run_sweep(base: str, tuned: str, candidates: list[dict], out: Path, *, suit
                 reused.append(name)
             else:
                 if prev and prev.get("kind") and prev.get("out") and Path(prev["out"]).exists():
-                    # the repair itself finished; only its audit failed: audit it again (what failed)
+                    # the repair itself finished; only its audit failed (or was in bf16): audit it again
                     row["kind"], row["summary"], row["out"] = prev["kind"], prev.get("summary"), prev["out"]
-                elif (made := (repaired or {}).get(name)) and made[:2] == (c["method"], opts) \
-                        and Path(made[4]).exists():  # repaired by the bf16 attempt: only the audit is redone
-                    row["kind"], row["summary"], row["out"] = made[2:]
                 else:
                     _say(progress, f"sweep: {name}: repairing")
                     res = repair(base, tuned, c["method"], path, progress=progress, **opts)
                     row["kind"], row["summary"], row["out"] = res.kind, res.summary, str(res.out)
-                    if repaired is not None:
-                        repaired[name] = (c["method"], opts, res.kind, res.summary, str(res.out))
+                    if repaired is not None:  # in the shape of a sweep.json row, so it is read like one
+                        repaired[name] = {k: row[k] for k in ("method", "options", "kind", "summary", "out")} | {
+                            "status": "repaired"}
                 _say(progress, f"sweep: {name}: auditing")
                 ledger = _audit(base_handle, row["out"], specs, suites, limit, path / "audit", memo, progress,
                                 resume, judge, precision)

@@ -427,16 +427,17 @@ def cs_text(entry: dict) -> str:
     interval has zero width there: the change is then known exactly for this pool (not for items outside it),
     which a zero-width interval such as [-0.057, -0.057] reads as a rounding slip instead of saying.
     """
-    cs, n, pool = entry.get("cs95"), entry.get("n"), entry.get("pool")
-    if cs and cs[0] is not None and isinstance(n, int) and isinstance(pool, int) and 0 < pool <= n:
-        return "exact: whole pool"
-    return fmt_ci(cs)
+    return "exact: whole pool" if _whole_pool(entry) else fmt_ci(entry.get("cs95"))
 
 
 def cs_phrase(entry: dict) -> str:
     """``cs_text`` in a sentence: '95% confidence sequence [a, b]', or 'exact: whole pool'."""
-    text = cs_text(entry)
-    return text if text.startswith("exact") else f"95% confidence sequence {text}"
+    return cs_text(entry) if _whole_pool(entry) else f"95% confidence sequence {cs_text(entry)}"
+
+
+def _whole_pool(entry: dict) -> bool:
+    cs, n, pool = entry.get("cs95"), entry.get("n"), entry.get("pool")
+    return bool(cs) and cs[0] is not None and isinstance(n, int) and isinstance(pool, int) and 0 < pool <= n
 
 
 def fmt_p(p) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 
 import numpy as np
 from matplotlib import rc_context
